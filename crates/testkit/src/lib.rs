@@ -1,0 +1,97 @@
+//! Test support shared by Gantry's crates: where the Python venv with the official
+//! Globus Compute packages lives, and checks that the real services the tests talk to
+//! (RabbitMQ, PostgreSQL) are there.
+//!
+//! Nothing here skips a test. A missing venv or service makes the test fail with a
+//! message that says what is missing and that `scripts/test` sets it up, so a suite
+//! that ran green really exercised the real peers, in CI (`CI=true`) and out of it.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/testkit sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// Whether the suite runs under CI (`CI=true`), where every service must be present.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The directory of the test venv: `$GANTRY_TEST_VENV`, else `<workspace>/.venv`.
+pub fn venv_dir() -> PathBuf {
+    std::env::var_os("GANTRY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv"))
+}
+
+/// The venv's Python, which has the pinned `globus-compute-sdk` and
+/// `globus-compute-endpoint`. Panics with set-up advice when it is missing.
+pub fn venv_python() -> PathBuf {
+    let python = venv_dir().join("bin/python");
+    assert!(
+        python.exists(),
+        "the test venv is missing: {} does not exist. Run scripts/test (it creates the \
+         venv from tests/python-requirements.txt), or point GANTRY_TEST_VENV at one.",
+        python.display()
+    );
+    python
+}
+
+/// Runs a Python script from the venv with `args`, feeding `stdin`; panics unless it
+/// exits 0, printing its stderr.
+pub fn run_python(script: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(venv_python())
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start the venv's python for {}: {e}",
+                script.display()
+            )
+        });
+    let mut pipe = child.stdin.take().expect("stdin was piped");
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || pipe.write_all(&input));
+    let output = child.wait_with_output().expect("python ran");
+    writer.join().expect("stdin writer").expect("stdin written");
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed with {}:\n{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Asserts that a TCP service answers at `addr`, naming it in the failure.
+pub fn require_service(name: &str, addr: &str) {
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+    assert!(
+        reachable,
+        "{name} is not reachable at {addr}; this test needs the real service{}. \
+         scripts/test installs and starts it.",
+        if in_ci() {
+            " (CI=true: missing services are failures)"
+        } else {
+            ""
+        }
+    );
+}
