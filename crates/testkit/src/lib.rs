@@ -95,3 +95,68 @@ pub fn require_service(name: &str, addr: &str) {
         }
     );
 }
+
+/// The PostgreSQL server the tests use: `$GANTRY_TEST_POSTGRES_URL`, else
+/// `postgres://postgres@127.0.0.1:5432/test` (trust authentication).
+pub fn postgres_admin_url() -> String {
+    std::env::var("GANTRY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Creates an empty PostgreSQL database for one test and returns its URL.
+///
+/// Databases are named `gantry_test_<unix seconds>_<random>`; each call also drops
+/// those older than two hours, so crashed runs do not pile up.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let authority = admin
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split('/').next())
+        .expect("GANTRY_TEST_POSTGRES_URL looks like postgres://user@host:port/db")
+        .to_owned();
+    require_service(
+        "PostgreSQL",
+        authority.rsplit('@').next().unwrap_or(&authority),
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {admin}: {e}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let stale: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'gantry_test_%'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("list databases");
+    for name in stale {
+        let created: u64 = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if created + 7200 < now {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+    let name = format!("gantry_test_{now}_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    format!("postgres://{authority}/{name}")
+}
+
+/// A fresh directory under the system's temp dir for one test's files.
+pub fn fresh_temp_dir(label: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("gantry-{label}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}

@@ -1,0 +1,337 @@
+//! Endpoints: the ones endpoint clients register (plain or multi-user), and the user
+//! endpoints the service names when a user submits to a multi-user endpoint.
+
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::{Store, StoreError, StoreResult, now_ms, parse_json, parse_uuid};
+
+/// What an endpoint client sends to register (or re-register) an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRegistration {
+    /// The short name (`endpoint_name`).
+    pub name: String,
+    /// A name for people.
+    pub display_name: Option<String>,
+    /// Whether it is a multi-user endpoint (runs no tasks itself).
+    pub multi_user: bool,
+    /// Whether any user may submit to it.
+    pub public: bool,
+    /// Whether it promises high-assurance handling.
+    pub high_assurance: bool,
+    /// Functions it restricts itself to, if any.
+    pub allowed_functions: Option<Vec<Uuid>>,
+    /// Free-form facts the endpoint reports about itself.
+    pub metadata: Map<String, Value>,
+}
+
+/// What makes a user endpoint: whose it is, for which MEP, with which configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UepBinding {
+    /// The MEP that starts it.
+    pub mep_id: Uuid,
+    /// The user whose tasks it runs.
+    pub user_identity_id: Uuid,
+    /// The `user_endpoint_config` it was derived from.
+    pub user_config: Map<String, Value>,
+    /// The submitter's `user_runtime`, passed to the template.
+    pub user_runtime: Value,
+}
+
+/// An endpoint as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointRecord {
+    /// Its id.
+    pub endpoint_id: Uuid,
+    /// The endpoint client that registered it, or for a UEP the user it runs for.
+    pub owner_identity_id: Uuid,
+    /// Short name.
+    pub name: String,
+    /// Name for people.
+    pub display_name: Option<String>,
+    /// Multi-user endpoint?
+    pub multi_user: bool,
+    /// Open to every user?
+    pub public: bool,
+    /// High assurance?
+    pub high_assurance: bool,
+    /// Allowed functions, if restricted.
+    pub allowed_functions: Option<Vec<Uuid>>,
+    /// Reported metadata.
+    pub metadata: Map<String, Value>,
+    /// For a UEP: what it was made from.
+    pub uep: Option<UepBinding>,
+    /// Locked endpoints accept no new tasks.
+    pub locked: bool,
+    /// The period the last heartbeat announced, in seconds.
+    pub heartbeat_period: Option<f64>,
+    /// When the last heartbeat arrived (ms).
+    pub last_heartbeat_at: Option<i64>,
+    /// The `global_state` of the last heartbeat.
+    pub global_state: Option<Map<String, Value>>,
+    /// When the service last asked the MEP to start this UEP (ms).
+    pub start_requested_at: Option<i64>,
+    /// When it was created (ms).
+    pub created_at: i64,
+}
+
+impl EndpointRecord {
+    /// Online means a heartbeat younger than twice its announced period, and a period
+    /// above zero (zero announces a shutdown).
+    pub fn is_online(&self, now_ms: i64) -> bool {
+        match (self.heartbeat_period, self.last_heartbeat_at) {
+            (Some(period), Some(at)) if period > 0.0 => {
+                ((now_ms - at) as f64) < 2.0 * period * 1000.0
+            }
+            _ => false,
+        }
+    }
+}
+
+fn bool_of(row: &AnyRow, column: &str) -> StoreResult<bool> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+fn object_of(text: Option<String>, what: &str) -> StoreResult<Option<Map<String, Value>>> {
+    match parse_json(text, what)? {
+        None => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(StoreError::Corrupt(format!("{what} is not a JSON object"))),
+    }
+}
+
+fn uuids_of(text: Option<String>, what: &str) -> StoreResult<Option<Vec<Uuid>>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
+        .transpose()
+}
+
+fn endpoint_from_row(row: &AnyRow) -> StoreResult<EndpointRecord> {
+    let parent: Option<String> = row.try_get("parent_endpoint_id")?;
+    let uep = match parent {
+        None => None,
+        Some(parent) => Some(UepBinding {
+            mep_id: parse_uuid(&parent, "parent endpoint id")?,
+            user_identity_id: parse_uuid(
+                &row.try_get::<Option<String>, _>("user_identity_id")?
+                    .unwrap_or_default(),
+                "UEP user identity",
+            )?,
+            user_config: object_of(row.try_get("user_config")?, "UEP user config")?
+                .unwrap_or_default(),
+            user_runtime: parse_json(row.try_get("user_runtime")?, "UEP user runtime")?
+                .unwrap_or(Value::Null),
+        }),
+    };
+    Ok(EndpointRecord {
+        endpoint_id: parse_uuid(&row.try_get::<String, _>("endpoint_id")?, "endpoint id")?,
+        owner_identity_id: parse_uuid(&row.try_get::<String, _>("owner_identity_id")?, "owner")?,
+        name: row.try_get("name")?,
+        display_name: row.try_get("display_name")?,
+        multi_user: bool_of(row, "multi_user")?,
+        public: bool_of(row, "public")?,
+        high_assurance: bool_of(row, "high_assurance")?,
+        allowed_functions: uuids_of(row.try_get("allowed_functions")?, "allowed functions")?,
+        metadata: object_of(Some(row.try_get("metadata")?), "metadata")?.unwrap_or_default(),
+        uep,
+        locked: bool_of(row, "locked")?,
+        heartbeat_period: row.try_get("heartbeat_period")?,
+        last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+        global_state: object_of(row.try_get("global_state")?, "global state")?,
+        start_requested_at: row.try_get("start_requested_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("JSON values serialize")
+}
+
+impl Store {
+    /// Looks an endpoint up.
+    pub async fn endpoint(&self, endpoint_id: Uuid) -> StoreResult<Option<EndpointRecord>> {
+        sqlx::query("SELECT * FROM endpoints WHERE endpoint_id = $1")
+            .bind(endpoint_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(endpoint_from_row)
+            .transpose()
+    }
+
+    /// Registers a new endpoint, or updates one the same client registered before.
+    /// Refuses (as a conflict) an id that belongs to someone else or to a user endpoint.
+    pub async fn register_endpoint(
+        &self,
+        endpoint_id: Uuid,
+        owner: Uuid,
+        registration: &EndpointRegistration,
+    ) -> StoreResult<EndpointRecord> {
+        let allowed = registration.allowed_functions.as_ref().map(json_text);
+        let metadata = json_text(&registration.metadata);
+        let flag = |b: bool| i64::from(b);
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT owner_identity_id, parent_endpoint_id FROM endpoints WHERE endpoint_id = $1",
+        )
+        .bind(endpoint_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            Some((existing_owner, parent)) => {
+                if existing_owner != owner.to_string() || parent.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "endpoint {endpoint_id} belongs to another client"
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE endpoints SET name = $1, display_name = $2, multi_user = $3, \
+                       public = $4, high_assurance = $5, allowed_functions = $6, metadata = $7 \
+                     WHERE endpoint_id = $8",
+                )
+                .bind(&registration.name)
+                .bind(&registration.display_name)
+                .bind(flag(registration.multi_user))
+                .bind(flag(registration.public))
+                .bind(flag(registration.high_assurance))
+                .bind(allowed)
+                .bind(metadata)
+                .bind(endpoint_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO endpoints (endpoint_id, owner_identity_id, name, display_name, \
+                       multi_user, public, high_assurance, allowed_functions, metadata, locked, \
+                       created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+                )
+                .bind(endpoint_id.to_string())
+                .bind(owner.to_string())
+                .bind(&registration.name)
+                .bind(&registration.display_name)
+                .bind(flag(registration.multi_user))
+                .bind(flag(registration.public))
+                .bind(flag(registration.high_assurance))
+                .bind(allowed)
+                .bind(metadata)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.endpoint(endpoint_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("endpoint {endpoint_id} vanished")))
+    }
+
+    /// The user endpoint with this id, created from `binding` if it is new.
+    pub async fn ensure_uep(
+        &self,
+        uep_id: Uuid,
+        binding: &UepBinding,
+    ) -> StoreResult<EndpointRecord> {
+        sqlx::query(
+            "INSERT INTO endpoints (endpoint_id, owner_identity_id, name, multi_user, public, \
+               high_assurance, metadata, parent_endpoint_id, user_identity_id, user_config, \
+               user_runtime, locked, created_at) \
+             VALUES ($1, $2, $3, 0, 0, 0, '{}', $4, $2, $5, $6, 0, $7) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET user_runtime = $6",
+        )
+        .bind(uep_id.to_string())
+        .bind(binding.user_identity_id.to_string())
+        .bind(format!("uep.{}.{}", binding.mep_id, uep_id))
+        .bind(binding.mep_id.to_string())
+        .bind(json_text(&binding.user_config))
+        .bind(json_text(&binding.user_runtime))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.endpoint(uep_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user endpoint {uep_id} vanished")))
+    }
+
+    /// Records that a start command went out for this UEP, unless one went out less
+    /// than `min_gap_ms` ago; returns whether the caller should send it.
+    pub async fn claim_start_request(&self, uep_id: Uuid, min_gap_ms: i64) -> StoreResult<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE endpoints SET start_requested_at = $1 WHERE endpoint_id = $2 \
+               AND (start_requested_at IS NULL OR start_requested_at < $3)",
+        )
+        .bind(now)
+        .bind(uep_id.to_string())
+        .bind(now - min_gap_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores a heartbeat. Returns false when the endpoint is unknown.
+    pub async fn record_heartbeat(
+        &self,
+        endpoint_id: Uuid,
+        heartbeat_period: Option<f64>,
+        global_state: &Map<String, Value>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE endpoints SET heartbeat_period = $1, last_heartbeat_at = $2, \
+               global_state = $3 WHERE endpoint_id = $4",
+        )
+        .bind(heartbeat_period)
+        .bind(now_ms())
+        .bind(json_text(global_state))
+        .bind(endpoint_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Locks an endpoint so it takes no new tasks.
+    pub async fn lock_endpoint(&self, endpoint_id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE endpoints SET locked = 1 WHERE endpoint_id = $1")
+            .bind(endpoint_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes an endpoint and its user endpoints. Tasks and results stay readable.
+    pub async fn delete_endpoint(&self, endpoint_id: Uuid) -> StoreResult<Vec<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        let children: Vec<String> =
+            sqlx::query_scalar("SELECT endpoint_id FROM endpoints WHERE parent_endpoint_id = $1")
+                .bind(endpoint_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM endpoints WHERE parent_endpoint_id = $1")
+            .bind(endpoint_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM endpoints WHERE endpoint_id = $1")
+            .bind(endpoint_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut removed: Vec<Uuid> = children
+            .iter()
+            .map(|c| parse_uuid(c, "endpoint id"))
+            .collect::<StoreResult<_>>()?;
+        removed.push(endpoint_id);
+        Ok(removed)
+    }
+
+    /// The user endpoints of a MEP.
+    pub async fn ueps_of(&self, mep_id: Uuid) -> StoreResult<Vec<EndpointRecord>> {
+        sqlx::query("SELECT * FROM endpoints WHERE parent_endpoint_id = $1 ORDER BY created_at")
+            .bind(mep_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(endpoint_from_row)
+            .collect()
+    }
+}

@@ -1,0 +1,168 @@
+//! The Gantry service's durable state.
+//!
+//! Everything the service must still know after a restart lives here: identities and
+//! their hashed tokens, endpoint clients, endpoints (with their last heartbeat), the
+//! functions users registered, and every task with its state and result. The broker
+//! holds messages in flight; this holds the truth.
+//!
+//! One set of portable SQL queries runs on SQLite (the default, a file) and PostgreSQL
+//! (by URL) through sqlx's `Any` driver, so both backends are tested by the same tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), gantry_store::StoreError> {
+//! let store = gantry_store::Store::connect("sqlite:///tmp/gantry.db").await?;
+//! let (alice, token) = store.add_user("alice").await?;
+//! let principal = store.authenticate(&token).await?.expect("a fresh token is valid");
+//! assert_eq!(principal.identity.identity_id, alice.identity_id);
+//! # Ok(()) }
+//! ```
+
+mod endpoints;
+mod identities;
+pub mod secret;
+mod tasks;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use uuid::Uuid;
+
+pub use endpoints::{EndpointRecord, EndpointRegistration, UepBinding};
+pub use identities::{EndpointClient, Identity, IdentityKind, Principal, TokenKind};
+pub use tasks::{
+    FunctionRecord, NewFunction, NewTask, StoredResult, SubmittedBatch, TaskRecord, TaskStatus,
+    error_details_of,
+};
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a query.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The write would break a uniqueness rule (e.g. a username that exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// A referenced row does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A stored value is not what this version of Gantry wrote.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`) and
+    /// brings the schema up to date. A SQLite file is created when missing.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let url = if is_sqlite && !url.contains("memory") && !url.contains("mode=") {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        // SQLite allows one writer at a time; a small pool avoids busy errors while the
+        // WAL journal keeps readers concurrent with it.
+        let max_connections = if is_sqlite { 4 } else { 16 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// The underlying pool, for health checks.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A value from the settings table, if set.
+    pub async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The setting `key`, set to `make()` first if it had no value. Safe when several
+    /// service processes start at once: the first writer wins and all read its value.
+    pub async fn setting_or_init(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> String,
+    ) -> StoreResult<String> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(make())
+        .execute(&self.pool)
+        .await?;
+        self.setting(key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))
+    }
+}
+
+/// Milliseconds since the epoch, the store's unit of time.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_uuid(text: &str, what: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| StoreError::Corrupt(format!("{what} {text:?} is not a UUID")))
+}
+
+fn parse_json(text: Option<String>, what: &str) -> StoreResult<Option<serde_json::Value>> {
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| StoreError::Corrupt(format!("{what} is not JSON: {e}")))
+    })
+    .transpose()
+}
+
+/// Whether a database error is a uniqueness violation, in either backend's words.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db
+                    .code()
+                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,492 @@
+//! Functions, task groups, tasks and their results.
+
+use serde_json::{Map, Value};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::{Store, StoreError, StoreResult, now_ms, parse_json, parse_uuid};
+
+/// A function as a user registers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFunction {
+    /// Its new id.
+    pub function_id: Uuid,
+    /// Who registered it.
+    pub owner_identity_id: Uuid,
+    /// `function_name`.
+    pub function_name: String,
+    /// `function_code`: the packed, serialized function (never decoded here).
+    pub function_code: String,
+    /// Optional description.
+    pub description: Option<String>,
+    /// Whether other users may run it.
+    pub public: bool,
+    /// Optional group id.
+    pub group_id: Option<String>,
+    /// The SDK's `meta` document.
+    pub meta: Map<String, Value>,
+}
+
+/// A stored function.
+pub type FunctionRecord = NewFunction;
+
+/// Where a task is; the four states the SDK shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    /// Queued for an endpoint that has not taken it yet.
+    WaitingForEp,
+    /// An endpoint reported it running.
+    Running,
+    /// Finished with a result.
+    Success,
+    /// Finished with an error.
+    Failed,
+}
+
+impl TaskStatus {
+    /// The protocol's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::WaitingForEp => "waiting-for-ep",
+            TaskStatus::Running => "running",
+            TaskStatus::Success => "success",
+            TaskStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> StoreResult<TaskStatus> {
+        Ok(match text {
+            "waiting-for-ep" => TaskStatus::WaitingForEp,
+            "running" => TaskStatus::Running,
+            "success" => TaskStatus::Success,
+            "failed" => TaskStatus::Failed,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown task status {other:?}"
+                )));
+            }
+        })
+    }
+
+    /// Whether the task is finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Success | TaskStatus::Failed)
+    }
+}
+
+/// One task of a submit, before it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// Its new id.
+    pub task_id: Uuid,
+    /// The function it calls.
+    pub function_id: Uuid,
+    /// The packed function, args and kwargs, as the endpoint receives them.
+    pub task_buffer: String,
+}
+
+/// A submit after it was stored: what the service answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmittedBatch {
+    /// This submit's id.
+    pub request_id: Uuid,
+    /// The task group the tasks joined.
+    pub task_group_id: Uuid,
+    /// Whether the task group was made by this submit.
+    pub task_group_created: bool,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// Its id.
+    pub task_id: Uuid,
+    /// Its task group.
+    pub task_group_id: Uuid,
+    /// The function it calls.
+    pub function_id: Uuid,
+    /// Who submitted it.
+    pub owner_identity_id: Uuid,
+    /// Where it runs (a UEP or a plain endpoint).
+    pub endpoint_id: Uuid,
+    /// The endpoint the user named (the MEP, for a UEP's task).
+    pub submitted_endpoint_id: Uuid,
+    /// Its state.
+    pub status: TaskStatus,
+    /// The task message, while it is not yet confirmed on the broker.
+    pub task_buffer: Option<String>,
+    /// `resource_specification` of the submit.
+    pub resource_specification: Option<Value>,
+    /// `result_serializers` of the submit.
+    pub result_serializers: Option<Value>,
+    /// The result, when it succeeded.
+    pub result: Option<String>,
+    /// The error text (a traceback), when it failed.
+    pub exception: Option<String>,
+    /// The failure's code and user message, when it failed.
+    pub error_code: Option<String>,
+    /// The endpoint's details about the run.
+    pub details: Option<Value>,
+    /// The transitions the endpoint recorded.
+    pub task_statuses: Option<Value>,
+    /// When it was submitted (ms).
+    pub created_at: i64,
+    /// When its result arrived (ms).
+    pub completed_at: Option<i64>,
+}
+
+/// A finished task's outcome as it arrives from an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    /// The serialized value, or the traceback of a failure.
+    pub data: String,
+    /// `Some((code, user_message))` for a failure.
+    pub error: Option<(String, String)>,
+    /// The endpoint's details.
+    pub details: Option<Map<String, Value>>,
+    /// The endpoint's transitions, as JSON.
+    pub task_statuses: Option<Value>,
+}
+
+fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
+    let uuid = |column: &str| -> StoreResult<Uuid> {
+        parse_uuid(&row.try_get::<String, _>(column)?, column)
+    };
+    Ok(TaskRecord {
+        task_id: uuid("task_id")?,
+        task_group_id: uuid("task_group_id")?,
+        function_id: uuid("function_id")?,
+        owner_identity_id: uuid("owner_identity_id")?,
+        endpoint_id: uuid("endpoint_id")?,
+        submitted_endpoint_id: uuid("submitted_endpoint_id")?,
+        status: TaskStatus::parse(&row.try_get::<String, _>("status")?)?,
+        task_buffer: row.try_get("task_buffer")?,
+        resource_specification: parse_json(
+            row.try_get("resource_specification")?,
+            "resource specification",
+        )?,
+        result_serializers: parse_json(row.try_get("result_serializers")?, "result serializers")?,
+        result: row.try_get("result")?,
+        exception: row.try_get("exception")?,
+        error_code: row.try_get("error_code")?,
+        details: parse_json(row.try_get("details")?, "details")?,
+        task_statuses: parse_json(row.try_get("task_statuses")?, "task statuses")?,
+        created_at: row.try_get("created_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+fn function_from_row(row: &AnyRow) -> StoreResult<FunctionRecord> {
+    let meta = match parse_json(Some(row.try_get("meta")?), "function meta")? {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    Ok(FunctionRecord {
+        function_id: parse_uuid(&row.try_get::<String, _>("function_id")?, "function id")?,
+        owner_identity_id: parse_uuid(&row.try_get::<String, _>("owner_identity_id")?, "owner")?,
+        function_name: row.try_get("function_name")?,
+        function_code: row.try_get("function_code")?,
+        description: row.try_get("description")?,
+        public: row.try_get::<i64, _>("public")? != 0,
+        group_id: row.try_get("group_id")?,
+        meta,
+    })
+}
+
+/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's parameter limits.
+const INSERT_CHUNK: usize = 200;
+
+impl Store {
+    /// Stores a newly registered function.
+    pub async fn insert_function(&self, function: &NewFunction) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO functions (function_id, owner_identity_id, function_name, \
+               function_code, description, public, group_id, meta, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(function.function_id.to_string())
+        .bind(function.owner_identity_id.to_string())
+        .bind(&function.function_name)
+        .bind(&function.function_code)
+        .bind(&function.description)
+        .bind(i64::from(function.public))
+        .bind(&function.group_id)
+        .bind(Value::Object(function.meta.clone()).to_string())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Looks a function up.
+    pub async fn function(&self, function_id: Uuid) -> StoreResult<Option<FunctionRecord>> {
+        sqlx::query("SELECT * FROM functions WHERE function_id = $1")
+            .bind(function_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(function_from_row)
+            .transpose()
+    }
+
+    /// The owner of a task group, if it exists.
+    pub async fn task_group_owner(&self, task_group_id: Uuid) -> StoreResult<Option<Uuid>> {
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT owner_identity_id FROM task_groups WHERE task_group_id = $1",
+        )
+        .bind(task_group_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        owner
+            .map(|o| parse_uuid(&o, "task group owner"))
+            .transpose()
+    }
+
+    /// Stores a submit in one transaction: the task group (made when new) and every
+    /// task with its message, all `waiting-for-ep`. The caller then puts the messages
+    /// on the broker and calls [`Store::mark_enqueued`]; until then the messages stay
+    /// here, so a crash in between loses nothing ([`Store::unsent_tasks`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_submit(
+        &self,
+        owner: Uuid,
+        task_group_id: Uuid,
+        endpoint_id: Uuid,
+        submitted_endpoint_id: Uuid,
+        tasks: &[NewTask],
+        resource_specification: Option<&Value>,
+        result_serializers: Option<&Value>,
+    ) -> StoreResult<SubmittedBatch> {
+        let request_id = Uuid::new_v4();
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO task_groups (task_group_id, owner_identity_id, created_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (task_group_id) DO NOTHING",
+        )
+        .bind(task_group_id.to_string())
+        .bind(owner.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            let existing: String = sqlx::query_scalar(
+                "SELECT owner_identity_id FROM task_groups WHERE task_group_id = $1",
+            )
+            .bind(task_group_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            if existing != owner.to_string() {
+                return Err(StoreError::NotFound(format!(
+                    "task group {task_group_id} not found"
+                )));
+            }
+        }
+        let spec = resource_specification.map(Value::to_string);
+        let serializers = result_serializers.map(Value::to_string);
+        const COLUMNS: usize = 11;
+        for (chunk_index, chunk) in tasks.chunks(INSERT_CHUNK).enumerate() {
+            let mut sql = String::from(
+                "INSERT INTO tasks (task_id, seq, task_group_id, request_id, function_id, \
+                   owner_identity_id, endpoint_id, submitted_endpoint_id, status, task_buffer, \
+                   resource_specification, result_serializers, created_at) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                let p = row * COLUMNS;
+                if row > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'waiting-for-ep', ${}, ${}, ${}, {now})",
+                    p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 9, p + 10, p + 11
+                ));
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (row, task) in chunk.iter().enumerate() {
+                query = query
+                    .bind(task.task_id.to_string())
+                    .bind((chunk_index * INSERT_CHUNK + row) as i64)
+                    .bind(task_group_id.to_string())
+                    .bind(request_id.to_string())
+                    .bind(task.function_id.to_string())
+                    .bind(owner.to_string())
+                    .bind(endpoint_id.to_string())
+                    .bind(submitted_endpoint_id.to_string())
+                    .bind(task.task_buffer.clone())
+                    .bind(spec.clone())
+                    .bind(serializers.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(SubmittedBatch {
+            request_id,
+            task_group_id,
+            task_group_created: created,
+        })
+    }
+
+    /// Forgets the messages of tasks the broker has confirmed.
+    pub async fn mark_enqueued(&self, task_ids: &[Uuid]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for task_id in task_ids {
+            sqlx::query("UPDATE tasks SET task_buffer = NULL WHERE task_id = $1")
+                .bind(task_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Unfinished tasks whose message never reached the broker (after a crash).
+    pub async fn unsent_tasks(&self) -> StoreResult<Vec<TaskRecord>> {
+        sqlx::query(
+            "SELECT * FROM tasks WHERE task_buffer IS NOT NULL AND status = 'waiting-for-ep' \
+             ORDER BY created_at, seq",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(task_from_row)
+        .collect()
+    }
+
+    /// Looks a task up.
+    pub async fn task(&self, task_id: Uuid) -> StoreResult<Option<TaskRecord>> {
+        sqlx::query("SELECT * FROM tasks WHERE task_id = $1")
+            .bind(task_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(task_from_row)
+            .transpose()
+    }
+
+    /// The tasks of a group, in submit order.
+    pub async fn tasks_of_group(&self, task_group_id: Uuid) -> StoreResult<Vec<TaskRecord>> {
+        sqlx::query("SELECT * FROM tasks WHERE task_group_id = $1 ORDER BY created_at, seq")
+            .bind(task_group_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect()
+    }
+
+    /// Stores a task's result, if `endpoint_id` is where the task runs and the task is
+    /// not finished yet. Returns the task when the result belongs to it: the caller
+    /// forwards it (again, on a redelivery after a crash) to the task group's queue.
+    pub async fn store_result(
+        &self,
+        task_id: Uuid,
+        endpoint_id: Uuid,
+        result: &StoredResult,
+    ) -> StoreResult<Option<TaskRecord>> {
+        let status = if result.error.is_some() {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Success
+        };
+        let (value, exception) = match result.error {
+            Some(_) => (None, Some(&result.data)),
+            None => (Some(&result.data), None),
+        };
+        let error_code = result.error.as_ref().map(|(code, message)| {
+            serde_json::json!({"code": code, "user_message": message}).to_string()
+        });
+        sqlx::query(
+            "UPDATE tasks SET status = $1, result = $2, exception = $3, error_code = $4, \
+               details = $5, task_statuses = $6, completed_at = $7, task_buffer = NULL \
+             WHERE task_id = $8 AND endpoint_id = $9 AND status IN ('waiting-for-ep', 'running')",
+        )
+        .bind(status.as_str())
+        .bind(value)
+        .bind(exception)
+        .bind(error_code)
+        .bind(
+            result
+                .details
+                .as_ref()
+                .map(|d| Value::Object(d.clone()).to_string()),
+        )
+        .bind(result.task_statuses.as_ref().map(Value::to_string))
+        .bind(now_ms())
+        .bind(task_id.to_string())
+        .bind(endpoint_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .task(task_id)
+            .await?
+            .filter(|t| t.endpoint_id == endpoint_id))
+    }
+
+    /// Marks tasks an endpoint reported running.
+    pub async fn mark_running(&self, endpoint_id: Uuid, task_ids: &[Uuid]) -> StoreResult<()> {
+        for task_id in task_ids {
+            sqlx::query(
+                "UPDATE tasks SET status = 'running' WHERE task_id = $1 AND endpoint_id = $2 \
+                   AND status = 'waiting-for-ep'",
+            )
+            .bind(task_id.to_string())
+            .bind(endpoint_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Fails every unfinished task of an endpoint with `message` (its start failed), and
+    /// returns them so the caller can tell their submitters.
+    pub async fn fail_pending_tasks(
+        &self,
+        endpoint_id: Uuid,
+        code: &str,
+        message: &str,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let pending: Vec<String> = sqlx::query_scalar(
+            "SELECT task_id FROM tasks WHERE endpoint_id = $1 \
+               AND status IN ('waiting-for-ep', 'running')",
+        )
+        .bind(endpoint_id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let error = serde_json::json!({"code": code, "user_message": message}).to_string();
+        let now = now_ms();
+        for task_id in &pending {
+            sqlx::query(
+                "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
+                   completed_at = $3, task_buffer = NULL \
+                 WHERE task_id = $4 AND status IN ('waiting-for-ep', 'running')",
+            )
+            .bind(message)
+            .bind(&error)
+            .bind(now)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let mut failed = Vec::with_capacity(pending.len());
+        for task_id in pending {
+            if let Some(task) = self.task(parse_uuid(&task_id, "task id")?).await? {
+                failed.push(task);
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// The code and user message of a failed task's `error_code` column.
+pub fn error_details_of(task: &TaskRecord) -> Option<(String, String)> {
+    let value: Value = serde_json::from_str(task.error_code.as_deref()?).ok()?;
+    Some((
+        value.get("code")?.as_str()?.to_owned(),
+        value.get("user_message")?.as_str()?.to_owned(),
+    ))
+}

@@ -1,0 +1,362 @@
+//! The store's behaviour, run against both backends: a SQLite file and a fresh
+//! PostgreSQL database on the real server.
+
+use gantry_store::{
+    EndpointRegistration, NewFunction, NewTask, Store, StoreError, StoredResult, TaskStatus,
+    UepBinding, error_details_of,
+};
+use serde_json::{Map, json};
+use uuid::Uuid;
+
+async fn backends() -> Vec<(&'static str, String)> {
+    let dir = gantry_testkit::fresh_temp_dir("store");
+    vec![
+        (
+            "sqlite",
+            format!("sqlite://{}", dir.join("service.db").display()),
+        ),
+        ("postgres", gantry_testkit::fresh_postgres_database().await),
+    ]
+}
+
+fn registration(multi_user: bool) -> EndpointRegistration {
+    EndpointRegistration {
+        name: "site-mep".into(),
+        display_name: Some("Site MEP ☃".into()),
+        multi_user,
+        public: false,
+        high_assurance: false,
+        allowed_functions: None,
+        metadata: json!({"hostname": "login01"}).as_object().unwrap().clone(),
+    }
+}
+
+#[tokio::test]
+async fn tokens_authenticate_until_revoked() {
+    for (backend, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let (alice, token) = store.add_user("alice").await.unwrap();
+        let principal = store.authenticate(&token).await.unwrap().expect(backend);
+        assert_eq!(principal.identity, alice, "{backend}");
+        assert!(
+            store.authenticate("gtu_wrong").await.unwrap().is_none(),
+            "{backend}"
+        );
+        assert!(
+            matches!(store.add_user("alice").await, Err(StoreError::Conflict(_))),
+            "{backend}"
+        );
+
+        let (_, second) = store.issue_user_token("alice").await.unwrap();
+        assert!(store.revoke_token(&token).await.unwrap(), "{backend}");
+        assert!(
+            !store.revoke_token(&token).await.unwrap(),
+            "{backend}: revoking twice"
+        );
+        assert!(
+            store.authenticate(&token).await.unwrap().is_none(),
+            "{backend}"
+        );
+        assert!(
+            store.authenticate(&second).await.unwrap().is_some(),
+            "{backend}"
+        );
+        let users = store.list_users().await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].1, 1, "{backend}: one active token left");
+        assert_eq!(store.revoke_tokens_of("alice").await.unwrap(), 1);
+        assert!(
+            store.authenticate(&second).await.unwrap().is_none(),
+            "{backend}"
+        );
+
+        let (client, secret) = store.add_endpoint_client("site").await.unwrap();
+        assert!(
+            store
+                .verify_client(client.client_id, &secret)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .verify_client(client.client_id, "gts_nope")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let live = store
+            .issue_client_token(client.client_id, "funcx_service", 60_000)
+            .await
+            .unwrap();
+        let expired = store
+            .issue_client_token(client.client_id, "funcx_service", -1)
+            .await
+            .unwrap();
+        let principal = store
+            .authenticate(&live)
+            .await
+            .unwrap()
+            .expect("live client token");
+        assert_eq!(principal.scope, "funcx_service");
+        assert!(
+            store.authenticate(&expired).await.unwrap().is_none(),
+            "{backend}: expired"
+        );
+    }
+}
+
+#[tokio::test]
+async fn endpoints_belong_to_their_client_and_ueps_to_their_mep() {
+    for (backend, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let (client, _) = store.add_endpoint_client("site").await.unwrap();
+        let (other, _) = store.add_endpoint_client("other").await.unwrap();
+        let (alice, _) = store.add_user("alice").await.unwrap();
+        let mep_id = Uuid::new_v4();
+        let mep = store
+            .register_endpoint(mep_id, client.client_id, &registration(true))
+            .await
+            .unwrap();
+        assert!(
+            mep.multi_user && !mep.is_online(gantry_store::now_ms()),
+            "{backend}"
+        );
+        assert_eq!(mep.display_name.as_deref(), Some("Site MEP ☃"));
+        assert!(matches!(
+            store
+                .register_endpoint(mep_id, other.client_id, &registration(true))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+
+        let binding = UepBinding {
+            mep_id,
+            user_identity_id: alice.identity_id,
+            user_config: json!({"ACCOUNT_ID": "314159265"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            user_runtime: json!({"python": {"version": "3.11.7"}}),
+        };
+        let uep_id = Uuid::new_v4();
+        let uep = store.ensure_uep(uep_id, &binding).await.unwrap();
+        assert_eq!(uep.uep.as_ref(), Some(&binding), "{backend}");
+        assert_eq!(
+            store.ensure_uep(uep_id, &binding).await.unwrap().uep,
+            Some(binding)
+        );
+        assert_eq!(store.ueps_of(mep_id).await.unwrap().len(), 1);
+        assert!(
+            matches!(
+                store
+                    .register_endpoint(uep_id, client.client_id, &registration(false))
+                    .await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{backend}: a UEP id cannot be taken over by registering it"
+        );
+
+        assert!(store.claim_start_request(uep_id, 60_000).await.unwrap());
+        assert!(
+            !store.claim_start_request(uep_id, 60_000).await.unwrap(),
+            "{backend}: throttled"
+        );
+
+        assert!(
+            store
+                .record_heartbeat(uep_id, Some(30.0), &Map::new())
+                .await
+                .unwrap()
+        );
+        let online = store.endpoint(uep_id).await.unwrap().unwrap();
+        assert!(online.is_online(gantry_store::now_ms()), "{backend}");
+        assert!(
+            !online.is_online(gantry_store::now_ms() + 61_000),
+            "{backend}: stale"
+        );
+        store
+            .record_heartbeat(uep_id, Some(0.0), &Map::new())
+            .await
+            .unwrap();
+        assert!(
+            !store
+                .endpoint(uep_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_online(gantry_store::now_ms())
+        );
+
+        assert_eq!(store.delete_endpoint(mep_id).await.unwrap().len(), 2);
+        assert!(store.endpoint(uep_id).await.unwrap().is_none(), "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn submits_results_and_failures_persist_across_reconnects() {
+    for (backend, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let (alice, _) = store.add_user("alice").await.unwrap();
+        let (bob, _) = store.add_user("bob").await.unwrap();
+        let function_id = Uuid::new_v4();
+        store
+            .insert_function(&NewFunction {
+                function_id,
+                owner_identity_id: alice.identity_id,
+                function_name: "add".into(),
+                function_code: "2\n01".into(),
+                description: None,
+                public: false,
+                group_id: None,
+                meta: Map::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .function(function_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .function_name,
+            "add"
+        );
+
+        let endpoint_id = Uuid::new_v4();
+        let group = Uuid::new_v4();
+        let tasks: Vec<NewTask> = (0..450)
+            .map(|i| NewTask {
+                task_id: Uuid::new_v4(),
+                function_id,
+                task_buffer: format!("payload-{i}-é"),
+            })
+            .collect();
+        let spec = json!({"num_nodes": 2});
+        let batch = store
+            .insert_submit(
+                alice.identity_id,
+                group,
+                endpoint_id,
+                endpoint_id,
+                &tasks,
+                Some(&spec),
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(batch.task_group_created);
+        assert!(
+            matches!(
+                store
+                    .insert_submit(
+                        bob.identity_id,
+                        group,
+                        endpoint_id,
+                        endpoint_id,
+                        &tasks[..0],
+                        None,
+                        None
+                    )
+                    .await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{backend}: bob cannot join alice's task group"
+        );
+
+        // Reconnect, as after a restart: everything is still there, in order.
+        drop(store);
+        let store = Store::connect(&url).await.unwrap();
+        let stored = store.tasks_of_group(group).await.unwrap();
+        let ids: Vec<Uuid> = stored.iter().map(|t| t.task_id).collect();
+        assert_eq!(
+            ids,
+            tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+            "{backend}: order"
+        );
+        assert_eq!(stored[7].task_buffer.as_deref(), Some("payload-7-é"));
+        assert_eq!(stored[0].resource_specification, Some(spec.clone()));
+        assert_eq!(store.unsent_tasks().await.unwrap().len(), 450);
+        store.mark_enqueued(&ids[..400]).await.unwrap();
+        assert_eq!(store.unsent_tasks().await.unwrap().len(), 50, "{backend}");
+
+        let ok = StoredResult {
+            data: "11\n42".into(),
+            error: None,
+            details: Some(json!({"os": "Linux"}).as_object().unwrap().clone()),
+            task_statuses: Some(
+                json!([{"timestamp": 1, "state": "execution-start", "actor": "worker"}]),
+            ),
+        };
+        assert!(
+            store
+                .store_result(ids[0], Uuid::new_v4(), &ok)
+                .await
+                .unwrap()
+                .is_none(),
+            "{backend}: a result from the wrong endpoint is not stored"
+        );
+        assert_eq!(
+            store.task(ids[0]).await.unwrap().unwrap().status,
+            TaskStatus::WaitingForEp
+        );
+        let done = store
+            .store_result(ids[0], endpoint_id, &ok)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (done.status, done.result.as_deref()),
+            (TaskStatus::Success, Some("11\n42"))
+        );
+        assert!(done.completed_at.is_some());
+
+        store.mark_running(endpoint_id, &ids[1..2]).await.unwrap();
+        assert_eq!(
+            store.task(ids[1]).await.unwrap().unwrap().status,
+            TaskStatus::Running
+        );
+
+        let failed = store
+            .fail_pending_tasks(endpoint_id, "EndpointStartFailed", "no such account")
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 449, "{backend}");
+        assert!(
+            failed
+                .iter()
+                .all(|t| t.status == TaskStatus::Failed && t.task_buffer.is_none())
+        );
+        assert_eq!(
+            error_details_of(&failed[0]),
+            Some(("EndpointStartFailed".into(), "no such account".into()))
+        );
+        assert!(store.unsent_tasks().await.unwrap().is_empty());
+        // A late result does not overwrite a finished task.
+        store.store_result(ids[1], endpoint_id, &ok).await.unwrap();
+        assert_eq!(
+            store.task(ids[1]).await.unwrap().unwrap().status,
+            TaskStatus::Failed
+        );
+        assert_eq!(
+            store.task(ids[0]).await.unwrap().unwrap().status,
+            TaskStatus::Success
+        );
+    }
+}
+
+#[tokio::test]
+async fn settings_initialise_once() {
+    for (_, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let first = store
+            .setting_or_init("broker_secret", || "a".into())
+            .await
+            .unwrap();
+        let second = store
+            .setting_or_init("broker_secret", || "b".into())
+            .await
+            .unwrap();
+        assert_eq!((first.as_str(), second.as_str()), ("a", "a"));
+    }
+}
