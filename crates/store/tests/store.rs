@@ -27,7 +27,7 @@ fn registration(multi_user: bool) -> EndpointRegistration {
         public: false,
         high_assurance: false,
         allowed_functions: None,
-        metadata: json!({"hostname": "login01"}).as_object().unwrap().clone(),
+        metadata: json!({"hostname": "login01"}).as_object().expect("object").clone(),
     }
 }
 
