@@ -27,7 +27,10 @@ fn registration(multi_user: bool) -> EndpointRegistration {
         public: false,
         high_assurance: false,
         allowed_functions: None,
-        metadata: json!({"hostname": "login01"}).as_object().expect("object").clone(),
+        metadata: json!({"hostname": "login01"})
+            .as_object()
+            .expect("object")
+            .clone(),
     }
 }
 

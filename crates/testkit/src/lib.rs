@@ -160,3 +160,27 @@ pub fn fresh_temp_dir(label: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create a temp dir");
     dir
 }
+
+/// RabbitMQ's AMQP address for tests: `$GANTRY_TEST_AMQP_HOST`, else `127.0.0.1:5672`.
+pub fn amqp_host() -> String {
+    std::env::var("GANTRY_TEST_AMQP_HOST").unwrap_or_else(|_| "127.0.0.1:5672".to_owned())
+}
+
+/// RabbitMQ's management API for tests: `$GANTRY_TEST_AMQP_ADMIN_URL`, else
+/// `http://guest:guest@127.0.0.1:15672`.
+pub fn amqp_admin_url() -> String {
+    std::env::var("GANTRY_TEST_AMQP_ADMIN_URL")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".to_owned())
+}
+
+/// A virtual host name unique to one test, so tests share the broker without sharing
+/// queues. The caller creates it (the service does so itself on start).
+pub fn fresh_vhost_name() -> String {
+    format!("gantry-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The AMQP URL of `vhost` as the guest (admin) account.
+pub fn amqp_admin_amqp_url(vhost: &str) -> String {
+    require_service("RabbitMQ", &amqp_host());
+    format!("amqp://guest:guest@{}/{vhost}", amqp_host())
+}

@@ -1,0 +1,254 @@
+//! AMQP with lapin: one connection, a confirming publisher, topology declarations and
+//! consumers. Every publish is `mandatory` and awaits the broker's confirm, so a message
+//! is either on a durable queue or the caller gets an error; nothing is dropped silently.
+
+use lapin::Confirmation;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use uuid::Uuid;
+
+use crate::BrokerError;
+use crate::layout::{
+    HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE, TASKS_EXCHANGE,
+    command_queue, task_queue, task_routing_key,
+};
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// The exchange (`""` for the default exchange, which routes by queue name).
+    pub exchange: &'a str,
+    /// The routing key (the queue name on the default exchange).
+    pub routing_key: &'a str,
+    /// The body.
+    pub body: &'a [u8],
+    /// AMQP properties; delivery mode 2 (persistent) is always set.
+    pub properties: BasicProperties,
+}
+
+/// A connection with a confirming publisher channel.
+#[derive(Clone)]
+pub struct Broker {
+    connection: std::sync::Arc<Connection>,
+    publisher: Channel,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+fn s(text: &str) -> ShortString {
+    text.into()
+}
+
+impl Broker {
+    /// Connects to `url` (`amqp://user:password@host:port/vhost`).
+    pub async fn connect(url: &str) -> Result<Broker, BrokerError> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| BrokerError::Connect {
+                url: redact(url),
+                source: e,
+            })?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Broker {
+            connection: std::sync::Arc::new(connection),
+            publisher,
+        })
+    }
+
+    /// A new channel, e.g. for a consumer.
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        Ok(self.connection.create_channel().await?)
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Declares the shared exchanges and queues (idempotent).
+    pub async fn declare_base_topology(&self) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let ch = &self.publisher;
+        ch.exchange_declare(
+            s(TASKS_EXCHANGE),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        for (exchange, queue, pattern) in [
+            (RESULTS_EXCHANGE, RESULTS_QUEUE, "*.results"),
+            (HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, "*.heartbeats"),
+        ] {
+            ch.exchange_declare(
+                s(exchange),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+            self.declare_queue(queue).await?;
+            ch.queue_bind(
+                s(queue),
+                s(exchange),
+                s(pattern),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Declares a durable queue (idempotent).
+    pub async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.publisher
+            .queue_declare(
+                s(queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Declares an endpoint's own queue: the task queue (bound to `tasks`) of a UEP or
+    /// plain endpoint, or the command queue of a MEP.
+    pub async fn declare_endpoint_queue(
+        &self,
+        ep: Uuid,
+        multi_user: bool,
+    ) -> Result<(), BrokerError> {
+        if multi_user {
+            return self.declare_queue(&command_queue(ep)).await;
+        }
+        let queue = task_queue(ep);
+        self.declare_queue(&queue).await?;
+        self.publisher
+            .queue_bind(
+                s(&queue),
+                s(TASKS_EXCHANGE),
+                s(&task_routing_key(ep)),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a queue (when its endpoint is deleted).
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.publisher
+            .queue_delete(s(queue), QueueDeleteOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes messages and waits for the broker to confirm all of them. Returns the
+    /// error of the first that was refused or could not be routed.
+    pub async fn publish_confirmed(&self, messages: &[Outgoing<'_>]) -> Result<(), BrokerError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let properties = message.properties.clone().with_delivery_mode(2);
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    s(message.exchange),
+                    s(message.routing_key),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    message.body,
+                    properties,
+                )
+                .await?;
+            pending.push((confirm, message.exchange, message.routing_key));
+        }
+        let mut first_error = None;
+        for (confirm, exchange, routing_key) in pending {
+            let outcome = match confirm.await? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                }),
+                Confirmation::Nack(_) => Err(BrokerError::Refused {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                }),
+                Confirmation::NotRequested => Ok(()),
+            };
+            if let Err(e) = outcome
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts consuming `queue` on a channel of its own with at most `prefetch`
+    /// unacknowledged deliveries.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<Consumer, BrokerError> {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        Ok(channel
+            .basic_consume(
+                s(queue),
+                s(tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?)
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, s("bye")).await;
+    }
+}
+
+/// AMQP headers from string pairs.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(s(key), AMQPValue::LongString(value.into()));
+    }
+    table
+}
+
+/// The URL with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,156 @@
+//! The queue layout: which exchanges and queues exist, what they are called, and which
+//! account may touch which. The service declares all of it; endpoints and the SDK
+//! declare nothing (at most passively) and get accounts that reach only their own part.
+//!
+//! | name | kind | who writes | who reads |
+//! |---|---|---|---|
+//! | exchange `tasks` (direct) → queue `<ep>.tasks` (key `<ep>`) | tasks for a UEP or plain endpoint | service | that endpoint |
+//! | queue `<mep>.commands` (default exchange) | `cmd_start_endpoint` | service | that MEP |
+//! | exchange `results` (topic) → queue `results` (`*.results`) | `result` messages | endpoints, key `<ep>.results` | service |
+//! | exchange `heartbeats` (topic) → queue `heartbeats` (`*.heartbeats`) | `ep_status_report` | endpoints, key `<ep>.heartbeats` | service |
+//! | queue `<prefix><task group>` (default exchange) | results for the SDK | service | the user who owns the group |
+//!
+//! Topic permissions pin each endpoint's routing keys to its own id, so the routing
+//! key of a result or heartbeat names its sender, and the service trusts nothing else.
+
+use uuid::Uuid;
+
+use crate::management::Permissions;
+
+/// The direct exchange tasks are published to.
+pub const TASKS_EXCHANGE: &str = "tasks";
+/// The topic exchange endpoints publish results to.
+pub const RESULTS_EXCHANGE: &str = "results";
+/// The topic exchange endpoints publish heartbeats to.
+pub const HEARTBEATS_EXCHANGE: &str = "heartbeats";
+/// The queue the service consumes results from.
+pub const RESULTS_QUEUE: &str = "results";
+/// The queue the service consumes heartbeats from.
+pub const HEARTBEATS_QUEUE: &str = "heartbeats";
+
+/// The queue of tasks for endpoint `ep`.
+pub fn task_queue(ep: Uuid) -> String {
+    format!("{ep}.tasks")
+}
+
+/// The routing key on [`TASKS_EXCHANGE`] that reaches [`task_queue`].
+pub fn task_routing_key(ep: Uuid) -> String {
+    ep.to_string()
+}
+
+/// The queue of commands for multi-user endpoint `mep`.
+pub fn command_queue(mep: Uuid) -> String {
+    format!("{mep}.commands")
+}
+
+/// The routing key endpoint `ep` publishes its results with.
+pub fn result_routing_key(ep: Uuid) -> String {
+    format!("{ep}.results")
+}
+
+/// The routing key endpoint `ep` publishes its heartbeats with.
+pub fn heartbeat_routing_key(ep: Uuid) -> String {
+    format!("{ep}.heartbeats")
+}
+
+/// The endpoint a result or heartbeat routing key names (`<ep>.results` → `ep`).
+pub fn sender_of(routing_key: &str) -> Option<Uuid> {
+    let (id, kind) = routing_key.split_once('.')?;
+    matches!(kind, "results" | "heartbeats")
+        .then(|| Uuid::parse_str(id).ok())
+        .flatten()
+}
+
+/// The queue prefix of a user's task-group queues; only that user's account reads them.
+pub fn user_queue_prefix(identity: Uuid) -> String {
+    format!("gantry.{identity}.")
+}
+
+/// The queue the SDK reads a task group's results from.
+pub fn task_group_queue(identity: Uuid, task_group: Uuid) -> String {
+    format!("{}{task_group}", user_queue_prefix(identity))
+}
+
+/// The broker account name of an endpoint.
+pub fn endpoint_account(ep: Uuid) -> String {
+    format!("gantry-ep-{ep}")
+}
+
+/// The broker account name of a user (for reading results).
+pub fn user_account(identity: Uuid) -> String {
+    format!("gantry-user-{identity}")
+}
+
+fn escape(text: &str) -> String {
+    text.replace('.', "\\.")
+}
+
+/// What an endpoint's account may do: read its own task (or command) queue, publish
+/// results and heartbeats under its own routing keys, declare nothing.
+pub fn endpoint_permissions(ep: Uuid, multi_user: bool) -> Permissions {
+    let own_queue = if multi_user {
+        command_queue(ep)
+    } else {
+        task_queue(ep)
+    };
+    Permissions {
+        configure: "^$".into(),
+        write: format!("^({RESULTS_EXCHANGE}|{HEARTBEATS_EXCHANGE})$"),
+        read: format!("^{}$", escape(&own_queue)),
+        topic_write: vec![
+            (
+                RESULTS_EXCHANGE.into(),
+                format!("^{}$", escape(&result_routing_key(ep))),
+            ),
+            (
+                HEARTBEATS_EXCHANGE.into(),
+                format!("^{}$", escape(&heartbeat_routing_key(ep))),
+            ),
+        ],
+    }
+}
+
+/// What a user's account may do: read the queues of their own task groups, nothing else.
+pub fn user_permissions(identity: Uuid) -> Permissions {
+    Permissions {
+        configure: "^$".into(),
+        write: "^$".into(),
+        read: format!("^{}.*", escape(&user_queue_prefix(identity))),
+        topic_write: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_name_their_sender() {
+        let ep = Uuid::new_v4();
+        assert_eq!(sender_of(&result_routing_key(ep)), Some(ep));
+        assert_eq!(sender_of(&heartbeat_routing_key(ep)), Some(ep));
+        assert_eq!(sender_of(&format!("{ep}.tasks")), None);
+        assert_eq!(sender_of("nonsense.results"), None);
+        assert_eq!(sender_of("results"), None);
+    }
+
+    #[test]
+    fn permissions_pin_each_account_to_its_own_names() {
+        let ep = Uuid::parse_str("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap();
+        let p = endpoint_permissions(ep, false);
+        assert_eq!(p.read, "^6ba7b810-9dad-11d1-80b4-00c04fd430c8\\.tasks$");
+        assert_eq!(
+            endpoint_permissions(ep, true).read,
+            "^6ba7b810-9dad-11d1-80b4-00c04fd430c8\\.commands$"
+        );
+        assert_eq!(p.configure, "^$");
+        assert_eq!(
+            p.topic_write[0].1,
+            "^6ba7b810-9dad-11d1-80b4-00c04fd430c8\\.results$"
+        );
+        assert_eq!(
+            user_permissions(ep).read,
+            "^gantry\\.6ba7b810-9dad-11d1-80b4-00c04fd430c8\\..*"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Gantry's RabbitMQ layer, shared by the service and the endpoints.
+//!
+//! - [`layout`]: the names of every exchange, queue and account, and what each account
+//!   may do;
+//! - [`management`]: the management HTTP API, with which the service provisions
+//!   per-endpoint and per-user accounts that reach only their own queues;
+//! - [`credentials`]: account passwords derived from one service secret;
+//! - [`amqp`]: connecting, declaring, publishing with confirms, consuming.
+
+pub mod amqp;
+pub mod credentials;
+pub mod layout;
+pub mod management;
+
+pub use amqp::{Broker, Outgoing};
+pub use lapin;
+
+/// What can go wrong talking to RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A setting (URL) is malformed.
+    #[error("{0}")]
+    Config(String),
+    /// The broker could not be reached or refused the login.
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// An AMQP operation failed.
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// A mandatory message matched no queue.
+    #[error(
+        "the broker could not route a message to exchange {exchange:?} with key {routing_key:?}"
+    )]
+    Unroutable {
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key used.
+        routing_key: String,
+    },
+    /// The broker refused to take a message.
+    #[error("the broker refused a message for exchange {exchange:?} with key {routing_key:?}")]
+    Refused {
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key used.
+        routing_key: String,
+    },
+    /// The management API refused or failed a request.
+    #[error("RabbitMQ management API: {action} failed: {detail}")]
+    Management {
+        /// The request.
+        action: String,
+        /// What came back.
+        detail: String,
+    },
+}

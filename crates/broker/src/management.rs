@@ -1,0 +1,209 @@
+//! RabbitMQ's management HTTP API: the real mechanism by which the service gives every
+//! endpoint and user broker credentials that reach only their own queues.
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::json;
+
+use crate::BrokerError;
+
+/// What a broker account may do, as RabbitMQ's regular expressions over resource names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Queues and exchanges it may declare or delete (`^$`: none).
+    pub configure: String,
+    /// Exchanges it may publish to and queues it may bind.
+    pub write: String,
+    /// Queues it may consume from and exchanges it may bind from.
+    pub read: String,
+    /// Per topic exchange: which routing keys it may publish with.
+    pub topic_write: Vec<(String, String)>,
+}
+
+/// A client for the management API at a base URL such as `http://guest:guest@127.0.0.1:15672`.
+#[derive(Debug, Clone)]
+pub struct Management {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+}
+
+fn segment(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+impl Management {
+    /// Parses `http://user:password@host:port`; credentials default to guest/guest.
+    pub fn new(url: &str) -> Result<Management, BrokerError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| BrokerError::Config(format!("bad management URL {url:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(BrokerError::Config(format!(
+                "the management URL {url:?} must be http:// or https://"
+            )));
+        }
+        let user = match parsed.username() {
+            "" => "guest".to_owned(),
+            u => percent_encoding::percent_decode_str(u)
+                .decode_utf8_lossy()
+                .into_owned(),
+        };
+        let password = parsed
+            .password()
+            .map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_else(|| "guest".to_owned());
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| BrokerError::Config(format!("no host in {url:?}")))?;
+        let port = parsed.port_or_known_default().unwrap_or(15672);
+        Ok(Management {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(15))
+                .build()
+                .map_err(|e| BrokerError::Config(format!("HTTP client: {e}")))?,
+            base: format!("{}://{host}:{port}/api", parsed.scheme()),
+            user,
+            password,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, BrokerError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| BrokerError::Management {
+            action: format!("{method} {path}"),
+            detail: format!(
+                "cannot reach RabbitMQ's management API at {}: {e}",
+                self.base
+            ),
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND && method == reqwest::Method::DELETE {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(BrokerError::Management {
+                action: format!("{method} {path}"),
+                detail: format!("{status}: {}", text.chars().take(300).collect::<String>()),
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BrokerError::Management {
+                action: format!("{method} {path}"),
+                detail: e.to_string(),
+            })?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    /// Creates the virtual host if missing and gives the management user full rights on it.
+    pub async fn ensure_vhost(&self, vhost: &str) -> Result<(), BrokerError> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/vhosts/{}", segment(vhost)),
+            None,
+        )
+        .await?;
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/permissions/{}/{}", segment(vhost), segment(&self.user)),
+            Some(json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a virtual host and everything in it (tests use one each).
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<(), BrokerError> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/vhosts/{}", segment(vhost)),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Creates or updates an account (no management tags: it can only speak AMQP) and
+    /// sets exactly `permissions` on `vhost`.
+    pub async fn put_account(
+        &self,
+        vhost: &str,
+        user: &str,
+        password: &str,
+        permissions: &Permissions,
+    ) -> Result<(), BrokerError> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/users/{}", segment(user)),
+            Some(json!({"password": password, "tags": ""})),
+        )
+        .await?;
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/permissions/{}/{}", segment(vhost), segment(user)),
+            Some(json!({
+                "configure": permissions.configure,
+                "write": permissions.write,
+                "read": permissions.read,
+            })),
+        )
+        .await?;
+        for (exchange, write) in &permissions.topic_write {
+            self.send(
+                reqwest::Method::PUT,
+                &format!("/topic-permissions/{}/{}", segment(vhost), segment(user)),
+                Some(json!({"exchange": exchange, "write": write, "read": "^$"})),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes an account; a missing one is not an error.
+    pub async fn delete_account(&self, user: &str) -> Result<(), BrokerError> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/users/{}", segment(user)),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the account exists.
+    pub async fn account_exists(&self, user: &str) -> Result<bool, BrokerError> {
+        match self
+            .send(
+                reqwest::Method::GET,
+                &format!("/users/{}", segment(user)),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(BrokerError::Management { detail, .. }) if detail.starts_with("404") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

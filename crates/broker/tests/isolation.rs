@@ -1,0 +1,149 @@
+//! Against the real RabbitMQ: accounts provisioned through the management API reach only
+//! their own queues and routing keys.
+
+use futures_lite::StreamExt;
+use gantry_broker::credentials::account_password;
+use gantry_broker::lapin::BasicProperties;
+use gantry_broker::layout::{
+    RESULTS_EXCHANGE, RESULTS_QUEUE, TASKS_EXCHANGE, endpoint_account, endpoint_permissions,
+    result_routing_key, task_queue, task_routing_key,
+};
+use gantry_broker::management::Management;
+use gantry_broker::{Broker, BrokerError, Outgoing};
+use uuid::Uuid;
+
+struct Vhost {
+    management: Management,
+    name: String,
+}
+
+impl Vhost {
+    async fn new() -> Vhost {
+        gantry_testkit::require_service("RabbitMQ management", "127.0.0.1:15672");
+        let management = Management::new(&gantry_testkit::amqp_admin_url()).unwrap();
+        let name = gantry_testkit::fresh_vhost_name();
+        management.ensure_vhost(&name).await.unwrap();
+        Vhost { management, name }
+    }
+
+    fn url(&self, user: &str, password: &str) -> String {
+        format!(
+            "amqp://{user}:{password}@{}/{}",
+            gantry_testkit::amqp_host(),
+            self.name
+        )
+    }
+
+    async fn endpoint(&self, admin: &Broker, ep: Uuid) -> Broker {
+        admin.declare_endpoint_queue(ep, false).await.unwrap();
+        let account = endpoint_account(ep);
+        let password = account_password("test-secret", &account);
+        self.management
+            .put_account(
+                &self.name,
+                &account,
+                &password,
+                &endpoint_permissions(ep, false),
+            )
+            .await
+            .unwrap();
+        self.connect_as(ep).await
+    }
+
+    /// A new connection as endpoint `ep` (a refused operation closes the old one's channel).
+    async fn connect_as(&self, ep: Uuid) -> Broker {
+        let account = endpoint_account(ep);
+        let password = account_password("test-secret", &account);
+        Broker::connect(&self.url(&account, &password))
+            .await
+            .unwrap()
+    }
+
+    async fn drop_all(self, accounts: &[Uuid]) {
+        for ep in accounts {
+            self.management
+                .delete_account(&endpoint_account(*ep))
+                .await
+                .unwrap();
+        }
+        self.management.delete_vhost(&self.name).await.unwrap();
+    }
+}
+
+fn is_access_refused(error: &BrokerError) -> bool {
+    error.to_string().contains("ACCESS_REFUSED") || error.to_string().contains("403")
+}
+
+#[tokio::test]
+async fn an_endpoint_reaches_only_its_own_queue_and_routing_keys() {
+    let vhost = Vhost::new().await;
+    let admin = Broker::connect(&gantry_testkit::amqp_admin_amqp_url(&vhost.name))
+        .await
+        .unwrap();
+    admin.declare_base_topology().await.unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let ep_a = vhost.endpoint(&admin, a).await;
+    let _ep_b = vhost.endpoint(&admin, b).await;
+
+    // The service puts a task for A on the tasks exchange; A consumes it.
+    admin
+        .publish_confirmed(&[Outgoing {
+            exchange: TASKS_EXCHANGE,
+            routing_key: &task_routing_key(a),
+            body: b"task for a",
+            properties: BasicProperties::default(),
+        }])
+        .await
+        .unwrap();
+    let mut consumer = ep_a.consume(&task_queue(a), "a", 1).await.unwrap();
+    let delivery = consumer.next().await.unwrap().unwrap();
+    assert_eq!(delivery.data, b"task for a");
+
+    // A may not consume B's queue, declare queues, or speak for B.
+    let refused = ep_a
+        .consume(&task_queue(b), "a-steals", 1)
+        .await
+        .unwrap_err();
+    assert!(
+        is_access_refused(&refused),
+        "consuming B's queue: {refused}"
+    );
+    let ep_a = vhost.connect_as(a).await;
+    let refused = ep_a.declare_queue("anything").await.unwrap_err();
+    assert!(is_access_refused(&refused), "declaring: {refused}");
+
+    let ep_a = vhost.connect_as(a).await;
+    ep_a.publish_confirmed(&[Outgoing {
+        exchange: RESULTS_EXCHANGE,
+        routing_key: &result_routing_key(a),
+        body: b"a's result",
+        properties: BasicProperties::default(),
+    }])
+    .await
+    .expect("A publishes results under its own key");
+    let refused = ep_a
+        .publish_confirmed(&[Outgoing {
+            exchange: RESULTS_EXCHANGE,
+            routing_key: &result_routing_key(b),
+            body: b"forged",
+            properties: BasicProperties::default(),
+        }])
+        .await
+        .unwrap_err();
+    assert!(is_access_refused(&refused), "publishing as B: {refused}");
+
+    // Only A's real result reached the service's results queue.
+    let mut results = admin.consume(RESULTS_QUEUE, "service", 10).await.unwrap();
+    let delivery = results.next().await.unwrap().unwrap();
+    assert_eq!(delivery.data, b"a's result");
+    assert_eq!(delivery.routing_key.as_str(), result_routing_key(a));
+
+    // A wrong password is refused outright.
+    let wrong = Broker::connect(&vhost.url(&endpoint_account(a), "wrong"))
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, BrokerError::Connect { .. }));
+
+    admin.close().await;
+    vhost.drop_all(&[a, b]).await;
+}
