@@ -1,6 +1,8 @@
 //! Against the real RabbitMQ: accounts provisioned through the management API reach only
 //! their own queues and routing keys.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use futures_lite::StreamExt;
 use gantry_broker::credentials::account_password;
 use gantry_broker::lapin::BasicProperties;

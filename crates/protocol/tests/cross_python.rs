@@ -3,6 +3,8 @@
 //! side decodes them, checks every field against what Python decoded, re-encodes them,
 //! and Python checks that it reads Rust's bytes back equal to its own.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::PathBuf;
 
 use base64::Engine;

@@ -1,6 +1,8 @@
 //! Property tests: the decoders take arbitrary input without panicking, and what the
 //! encoders write always reads back equal.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use gantry_protocol::messagepack::{
     ActorName, EpStatusReport, Message, ResultErrorDetails, Task, TaskResult, TaskState,
     TaskTransition,

@@ -1,6 +1,8 @@
 //! The store's behaviour, run against both backends: a SQLite file and a fresh
 //! PostgreSQL database on the real server.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use gantry_store::{
     EndpointRegistration, NewFunction, NewTask, Store, StoreError, StoredResult, TaskStatus,
     UepBinding, error_details_of,
