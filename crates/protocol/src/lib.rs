@@ -29,4 +29,5 @@
 pub mod canonical_json;
 pub mod messagepack;
 pub mod packed;
+pub mod rest;
 pub mod uep_id;
