@@ -76,6 +76,11 @@ impl Broker {
         self.connection.status().connected()
     }
 
+    /// Whether the publishing channel is still open (a refused operation closes it).
+    pub fn publisher_open(&self) -> bool {
+        self.publisher.status().connected()
+    }
+
     /// Declares the shared exchanges and queues (idempotent).
     pub async fn declare_base_topology(&self) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions {

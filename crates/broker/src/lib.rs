@@ -5,15 +5,18 @@
 //! - [`management`]: the management HTTP API, with which the service provisions
 //!   per-endpoint and per-user accounts that reach only their own queues;
 //! - [`credentials`]: account passwords derived from one service secret;
-//! - [`amqp`]: connecting, declaring, publishing with confirms, consuming.
+//! - [`amqp`]: connecting, declaring, publishing with confirms, consuming;
+//! - [`shared`]: a connection that reconnects when the broker comes back.
 
 pub mod amqp;
 pub mod credentials;
 pub mod layout;
 pub mod management;
+pub mod shared;
 
 pub use amqp::{Broker, Outgoing};
 pub use lapin;
+pub use shared::SharedBroker;
 
 /// What can go wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod canonical_json;
+pub mod command;
 pub mod messagepack;
 pub mod packed;
 pub mod rest;

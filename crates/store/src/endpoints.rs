@@ -324,6 +324,20 @@ impl Store {
         Ok(removed)
     }
 
+    /// The endpoints an identity registered, and the user endpoints that run its tasks.
+    pub async fn endpoints_of(&self, identity_id: Uuid) -> StoreResult<Vec<EndpointRecord>> {
+        sqlx::query(
+            "SELECT * FROM endpoints WHERE owner_identity_id = $1 OR user_identity_id = $1 \
+             ORDER BY created_at",
+        )
+        .bind(identity_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(endpoint_from_row)
+        .collect()
+    }
+
     /// The user endpoints of a MEP.
     pub async fn ueps_of(&self, mep_id: Uuid) -> StoreResult<Vec<EndpointRecord>> {
         sqlx::query("SELECT * FROM endpoints WHERE parent_endpoint_id = $1 ORDER BY created_at")

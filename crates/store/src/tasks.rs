@@ -342,12 +342,14 @@ impl Store {
         Ok(())
     }
 
-    /// Unfinished tasks whose message never reached the broker (after a crash).
-    pub async fn unsent_tasks(&self) -> StoreResult<Vec<TaskRecord>> {
+    /// Unfinished tasks submitted before `created_before` (ms) whose message never
+    /// reached the broker (a broker outage, or a crash between store and publish).
+    pub async fn unsent_tasks(&self, created_before: i64) -> StoreResult<Vec<TaskRecord>> {
         sqlx::query(
             "SELECT * FROM tasks WHERE task_buffer IS NOT NULL AND status = 'waiting-for-ep' \
-             ORDER BY created_at, seq",
+               AND created_at < $1 ORDER BY created_at, seq",
         )
+        .bind(created_before)
         .fetch_all(&self.pool)
         .await?
         .iter()

@@ -281,9 +281,17 @@ async fn submits_results_and_failures_persist_across_reconnects() {
         );
         assert_eq!(stored[7].task_buffer.as_deref(), Some("payload-7-é"));
         assert_eq!(stored[0].resource_specification, Some(spec.clone()));
-        assert_eq!(store.unsent_tasks().await.unwrap().len(), 450);
+        assert_eq!(store.unsent_tasks(i64::MAX).await.unwrap().len(), 450);
+        assert!(
+            store.unsent_tasks(0).await.unwrap().is_empty(),
+            "{backend}: too young"
+        );
         store.mark_enqueued(&ids[..400]).await.unwrap();
-        assert_eq!(store.unsent_tasks().await.unwrap().len(), 50, "{backend}");
+        assert_eq!(
+            store.unsent_tasks(i64::MAX).await.unwrap().len(),
+            50,
+            "{backend}"
+        );
 
         let ok = StoredResult {
             data: "11\n42".into(),
@@ -336,7 +344,7 @@ async fn submits_results_and_failures_persist_across_reconnects() {
             error_details_of(&failed[0]),
             Some(("EndpointStartFailed".into(), "no such account".into()))
         );
-        assert!(store.unsent_tasks().await.unwrap().is_empty());
+        assert!(store.unsent_tasks(i64::MAX).await.unwrap().is_empty());
         // A late result does not overwrite a finished task.
         store.store_result(ids[1], endpoint_id, &ok).await.unwrap();
         assert_eq!(

@@ -1,0 +1,219 @@
+//! The service's two consumers: results (store, then forward to the submitter's queue)
+//! and heartbeats (endpoint status; a failed UEP start fails its waiting tasks so the
+//! user sees why). A delivery is acknowledged only after its effect is in the database,
+//! so a crash means a redelivery, never a lost result.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use gantry_broker::lapin::message::Delivery;
+use gantry_broker::lapin::options::{BasicAckOptions, BasicNackOptions};
+use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of};
+use gantry_protocol::messagepack::{Message, TaskState};
+use gantry_store::StoredResult;
+use uuid::Uuid;
+
+use crate::dispatch::forward_result;
+use crate::state::AppState;
+
+/// The code of results the service makes for tasks whose UEP could not start.
+pub const START_FAILED_CODE: &str = "ENDPOINT_START_FAILED";
+
+/// What to do with a delivery once handled.
+enum Outcome {
+    /// Done (or worthless): acknowledge.
+    Ack,
+    /// A dependency failed: put it back and try again later.
+    Retry,
+}
+
+/// Consumes `queue` until shutdown, reconnecting after broker failures.
+pub async fn run_consumer(
+    state: AppState,
+    queue: &'static str,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let consumer = match state.broker().await {
+            Ok(broker) => {
+                broker
+                    .consume(queue, &format!("gantry-service-{queue}"), 100)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match consumer {
+            Ok(mut consumer) => loop {
+                let delivery = tokio::select! {
+                    next = consumer.next() => next,
+                    _ = shutdown.changed() => return,
+                };
+                let Some(Ok(delivery)) = delivery else {
+                    tracing::warn!(queue, "the consumer stopped; reconnecting");
+                    break;
+                };
+                let outcome = match queue {
+                    RESULTS_QUEUE => handle_result(&state, &delivery).await,
+                    _ => handle_heartbeat(&state, &delivery).await,
+                };
+                let settled = match outcome {
+                    Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+                    Outcome::Retry => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    }
+                };
+                if let Err(error) = settled {
+                    tracing::warn!(%error, queue, "could not settle a delivery; reconnecting");
+                    break;
+                }
+            },
+            Err(error) => tracing::warn!(%error, queue, "cannot consume; retrying in 2 s"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn handle_result(state: &AppState, delivery: &Delivery) -> Outcome {
+    let Some(sender) = sender_of(delivery.routing_key.as_str()) else {
+        tracing::warn!(routing_key = %delivery.routing_key, "dropping a result with a malformed routing key");
+        return Outcome::Ack;
+    };
+    let result = match Message::unpack_result(&delivery.data) {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::warn!(%error, endpoint_id = %sender, "dropping an unreadable result message");
+            return Outcome::Ack;
+        }
+    };
+    let stored = StoredResult {
+        data: result.data,
+        error: result.error_details.map(|e| (e.code, e.user_message)),
+        details: result.details,
+        task_statuses: result
+            .task_statuses
+            .map(|t| serde_json::to_value(t).unwrap_or_default()),
+    };
+    let task = match state
+        .store
+        .store_result(result.task_id, sender, &stored)
+        .await
+    {
+        Ok(Some(task)) => task,
+        Ok(None) => {
+            tracing::warn!(task_id = %result.task_id, endpoint_id = %sender,
+                "dropping a result for a task this endpoint does not run");
+            return Outcome::Ack;
+        }
+        Err(error) => {
+            tracing::error!(%error, task_id = %result.task_id, "cannot store a result; will retry");
+            return Outcome::Retry;
+        }
+    };
+    match forward_result(state, &task).await {
+        Ok(()) => {
+            tracing::debug!(task_id = %task.task_id, status = task.status.as_str(), "result stored and forwarded");
+            Outcome::Ack
+        }
+        Err(error) => {
+            tracing::warn!(%error, task_id = %task.task_id, "result stored; forwarding will be retried");
+            Outcome::Retry
+        }
+    }
+}
+
+async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
+    let Some(sender) = sender_of(delivery.routing_key.as_str()) else {
+        tracing::warn!(routing_key = %delivery.routing_key, "dropping a heartbeat with a malformed routing key");
+        return Outcome::Ack;
+    };
+    let report = match Message::unpack(&delivery.data) {
+        Ok(Message::EpStatusReport(report)) => report,
+        Ok(other) => {
+            tracing::warn!(endpoint_id = %sender, message_type = other.message_type(), "dropping a non-heartbeat on the heartbeat queue");
+            return Outcome::Ack;
+        }
+        Err(error) => {
+            tracing::warn!(%error, endpoint_id = %sender, "dropping an unreadable heartbeat");
+            return Outcome::Ack;
+        }
+    };
+    // An endpoint speaks for itself; a MEP also for its own UEPs (e.g. a failed start).
+    let subject = report.endpoint_id;
+    if subject != sender {
+        match state.store.endpoint(subject).await {
+            Ok(Some(ep)) if ep.uep.as_ref().is_some_and(|u| u.mep_id == sender) => {}
+            Ok(_) => {
+                tracing::warn!(endpoint_id = %sender, subject = %subject, "dropping a heartbeat about an endpoint the sender does not own");
+                return Outcome::Ack;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot check a heartbeat's sender; will retry");
+                return Outcome::Retry;
+            }
+        }
+    }
+    if let Err(error) = state
+        .store
+        .record_heartbeat(subject, report.heartbeat_period(), &report.global_state)
+        .await
+    {
+        tracing::error!(%error, endpoint_id = %subject, "cannot store a heartbeat; will retry");
+        return Outcome::Retry;
+    }
+    let running: Vec<Uuid> = report
+        .task_statuses
+        .iter()
+        .filter(|(_, transitions)| {
+            transitions.iter().any(|t| {
+                matches!(
+                    t.state,
+                    TaskState::Running
+                        | TaskState::ExecStart
+                        | TaskState::WaitingForLaunch
+                        | TaskState::WaitingForNodes
+                )
+            })
+        })
+        .filter_map(|(id, _)| Uuid::parse_str(id).ok())
+        .collect();
+    if !running.is_empty()
+        && let Err(error) = state.store.mark_running(subject, &running).await
+    {
+        tracing::warn!(%error, "cannot mark tasks running");
+    }
+    if let Some(error_text) = report.error() {
+        let message = format!("the endpoint {subject} could not start: {error_text}");
+        tracing::warn!(endpoint_id = %subject, error = error_text, "endpoint reported a failed start");
+        match state
+            .store
+            .fail_pending_tasks(subject, START_FAILED_CODE, &message)
+            .await
+        {
+            Ok(failed) => {
+                for task in &failed {
+                    if let Err(error) = forward_result(state, task).await {
+                        tracing::warn!(%error, task_id = %task.task_id, "could not forward a failure");
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot fail the tasks of a failed endpoint; will retry");
+                return Outcome::Retry;
+            }
+        }
+    }
+    Outcome::Ack
+}
+
+/// The queues the service consumes.
+pub const CONSUMED_QUEUES: [&str; 2] = [RESULTS_QUEUE, HEARTBEATS_QUEUE];

@@ -1,0 +1,301 @@
+//! Endpoint routes: registration by endpoint clients, and what users may see and do.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gantry_broker::layout::{command_queue, endpoint_account, task_queue};
+use gantry_protocol::rest::{
+    EndpointRegistrationRequest, EndpointRegistrationResponse, EndpointStatusResponse,
+};
+use gantry_store::{EndpointRecord, EndpointRegistration};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, parse_id};
+use crate::queues::provision_endpoint;
+use crate::state::AppState;
+
+/// Whether the caller may submit to (and read the state of) an endpoint: its owner, the
+/// user a UEP runs for, anyone for a multi-user endpoint (the MEP's identity mapping
+/// decides who gets a UEP), and anyone for a public endpoint.
+pub fn can_use_endpoint(caller: &Caller, endpoint: &EndpointRecord) -> bool {
+    let me = caller.identity_id();
+    endpoint.owner_identity_id == me
+        || endpoint
+            .uep
+            .as_ref()
+            .is_some_and(|u| u.user_identity_id == me)
+        || endpoint.multi_user
+        || endpoint.public
+}
+
+/// Whether the caller may change or delete an endpoint: only the client that registered it.
+fn can_manage_endpoint(caller: &Caller, endpoint: &EndpointRecord) -> bool {
+    endpoint.uep.is_none() && endpoint.owner_identity_id == caller.identity_id()
+}
+
+fn not_found(endpoint_id: Uuid) -> ApiError {
+    ApiError::not_found(
+        "ENDPOINT_NOT_FOUND",
+        format!("endpoint {endpoint_id} not found"),
+    )
+}
+
+async fn register(
+    state: &AppState,
+    caller: &Caller,
+    endpoint_id: Uuid,
+    request: EndpointRegistrationRequest,
+) -> ApiResult<Json<EndpointRegistrationResponse>> {
+    if request.endpoint_name.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "INVALID_BODY",
+            "endpoint_name must not be empty",
+        ));
+    }
+    let registration = EndpointRegistration {
+        name: request.endpoint_name,
+        display_name: request.display_name,
+        multi_user: request.multi_user,
+        public: request.public.unwrap_or(false),
+        high_assurance: request.high_assurance.unwrap_or(false),
+        allowed_functions: request.allowed_functions,
+        metadata: request.metadata.unwrap_or_default(),
+    };
+    if let Some(existing) = state.store.endpoint(endpoint_id).await?
+        && existing.multi_user != registration.multi_user
+        && existing.owner_identity_id == caller.identity_id()
+    {
+        return Err(ApiError::conflict(
+            "ENDPOINT_KIND_CHANGED",
+            format!(
+                "endpoint {endpoint_id} was registered as {} and cannot become {}; \
+                 configure a new endpoint instead",
+                kind(existing.multi_user),
+                kind(registration.multi_user)
+            ),
+        ));
+    }
+    let stored = state
+        .store
+        .register_endpoint(endpoint_id, caller.identity_id(), &registration)
+        .await
+        .map_err(|e| match e {
+            gantry_store::StoreError::Conflict(_) => ApiError::conflict(
+                "ENDPOINT_OWNED_ELSEWHERE",
+                format!("endpoint {endpoint_id} belongs to another client"),
+            ),
+            other => other.into(),
+        })?;
+    let response = provision_endpoint(state, stored.endpoint_id, stored.multi_user).await?;
+    tracing::info!(
+        endpoint_id = %endpoint_id, multi_user = stored.multi_user,
+        client = %caller.0.identity.username, "endpoint registered"
+    );
+    Ok(Json(response))
+}
+
+fn kind(multi_user: bool) -> &'static str {
+    if multi_user {
+        "a multi-user endpoint"
+    } else {
+        "a single-user endpoint"
+    }
+}
+
+/// `POST /v3/endpoints`: registers a new endpoint (with a new or a chosen id).
+pub async fn register_new(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<EndpointRegistrationRequest>,
+) -> ApiResult<Json<EndpointRegistrationResponse>> {
+    let endpoint_id = request.endpoint_id.unwrap_or_else(Uuid::new_v4);
+    register(&state, &caller, endpoint_id, request).await
+}
+
+/// `PUT /v3/endpoints/{id}`: registers again, or for the first time with this id.
+pub async fn register_existing(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+    ApiJson(request): ApiJson<EndpointRegistrationRequest>,
+) -> ApiResult<Json<EndpointRegistrationResponse>> {
+    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
+    if request.endpoint_id.is_some_and(|id| id != endpoint_id) {
+        return Err(ApiError::bad_request(
+            "INVALID_BODY",
+            "the endpoint_id in the body differs from the one in the path",
+        ));
+    }
+    register(&state, &caller, endpoint_id, request).await
+}
+
+fn metadata_view(endpoint: &EndpointRecord) -> Value {
+    let mut view = json!({
+        "uuid": endpoint.endpoint_id,
+        "endpoint_id": endpoint.endpoint_id,
+        "name": endpoint.name,
+        "display_name": endpoint.display_name,
+        "multi_user": endpoint.multi_user,
+        "public": endpoint.public,
+        "high_assurance": endpoint.high_assurance,
+        "locked": endpoint.locked,
+        "owner": endpoint.owner_identity_id,
+        "allowed_functions": endpoint.allowed_functions,
+        "metadata": endpoint.metadata,
+    });
+    if let Some(uep) = &endpoint.uep {
+        view["parent_endpoint_id"] = json!(uep.mep_id);
+        view["user_endpoint_config"] = Value::Object(uep.user_config.clone());
+    }
+    view
+}
+
+/// `GET /v2/endpoints/{id}`.
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
+    let endpoint = state
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .filter(|ep| can_use_endpoint(&caller, ep))
+        .ok_or_else(|| not_found(endpoint_id))?;
+    Ok(Json(metadata_view(&endpoint)))
+}
+
+/// `GET /v2/endpoints`: the endpoints the caller registered (or, for a user, their UEPs).
+pub async fn list_endpoints(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let endpoints = state.store.endpoints_of(caller.identity_id()).await?;
+    Ok(Json(Value::from(
+        endpoints.iter().map(metadata_view).collect::<Vec<_>>(),
+    )))
+}
+
+/// `GET /v2/endpoints/{id}/status`.
+pub async fn endpoint_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+) -> ApiResult<Json<EndpointStatusResponse>> {
+    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
+    let endpoint = state
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .filter(|ep| can_use_endpoint(&caller, ep))
+        .ok_or_else(|| not_found(endpoint_id))?;
+    let online = endpoint.is_online(gantry_store::now_ms());
+    let mut details: Map<String, Value> = endpoint.global_state.clone().unwrap_or_default();
+    details.insert(
+        "last_heartbeat".into(),
+        json!(endpoint.last_heartbeat_at.map(|ms| ms as f64 / 1000.0)),
+    );
+    Ok(Json(EndpointStatusResponse {
+        status: if online { "online" } else { "offline" }.into(),
+        details,
+    }))
+}
+
+/// `GET /v3/endpoints/{id}/allowed_functions`.
+pub async fn allowed_functions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
+    let endpoint = state
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .filter(|ep| can_use_endpoint(&caller, ep))
+        .ok_or_else(|| not_found(endpoint_id))?;
+    Ok(Json(json!({
+        "endpoint_id": endpoint_id,
+        "functions": endpoint.allowed_functions.unwrap_or_default(),
+    })))
+}
+
+async fn managed_endpoint(
+    state: &AppState,
+    caller: &Caller,
+    endpoint_id: &str,
+) -> ApiResult<EndpointRecord> {
+    let endpoint_id = parse_id(endpoint_id, "endpoint id")?;
+    let endpoint = state
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .ok_or_else(|| not_found(endpoint_id))?;
+    if !can_manage_endpoint(caller, &endpoint) {
+        return Err(if can_use_endpoint(caller, &endpoint) {
+            ApiError::forbidden(
+                "NOT_ENDPOINT_OWNER",
+                format!("only the client that registered endpoint {endpoint_id} may change it"),
+            )
+        } else {
+            not_found(endpoint_id)
+        });
+    }
+    Ok(endpoint)
+}
+
+/// `POST /v3/endpoints/{id}/lock`: the endpoint takes no new tasks.
+pub async fn lock_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let endpoint = managed_endpoint(&state, &caller, &endpoint_id).await?;
+    state.store.lock_endpoint(endpoint.endpoint_id).await?;
+    Ok(Json(
+        json!({"endpoint_id": endpoint.endpoint_id, "locked": true}),
+    ))
+}
+
+/// `DELETE /v2/endpoints/{id}`: removes it, its UEPs, their queues and accounts.
+/// Tasks and results stay readable by their owners.
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let endpoint = managed_endpoint(&state, &caller, &endpoint_id).await?;
+    let ueps = state.store.ueps_of(endpoint.endpoint_id).await?;
+    let removed = state.store.delete_endpoint(endpoint.endpoint_id).await?;
+    for uep in &ueps {
+        cleanup_broker(&state, uep.endpoint_id, false).await;
+    }
+    cleanup_broker(&state, endpoint.endpoint_id, endpoint.multi_user).await;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"result": 302, "removed": removed})),
+    ))
+}
+
+async fn cleanup_broker(state: &AppState, ep: Uuid, multi_user: bool) {
+    let queue = if multi_user {
+        command_queue(ep)
+    } else {
+        task_queue(ep)
+    };
+    let deleted = match state.broker().await {
+        Ok(broker) => broker.delete_queue(&queue).await,
+        Err(e) => Err(e),
+    };
+    if let Err(error) = deleted {
+        tracing::warn!(%error, endpoint_id = %ep, "could not delete the endpoint's queue");
+    }
+    if let Err(error) = state.management.delete_account(&endpoint_account(ep)).await {
+        tracing::warn!(%error, endpoint_id = %ep, "could not delete the endpoint's broker account");
+    }
+    state.forget_account(&endpoint_account(ep));
+}

@@ -1,0 +1,181 @@
+//! The slice of an OAuth2 provider the official endpoint needs: the client-credentials
+//! grant (one access token per requested resource server) and `userinfo`.
+//!
+//! Endpoints cannot take a static token; they authenticate as a confidential client
+//! (`GLOBUS_COMPUTE_CLIENT_ID`/`_SECRET`, created with
+//! `gantry-service admin add-endpoint-client`) against this route, which they find
+//! through `GLOBUS_SDK_SERVICE_URL_AUTH`.
+
+use axum::Form;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The identity provider Gantry names in identity documents.
+pub const IDENTITY_PROVIDER: &str = "gantry";
+
+/// The resource server of the compute API.
+pub const COMPUTE_RESOURCE_SERVER: &str = "funcx_service";
+/// The compute API's scope client id, which appears in its scope URLs.
+const COMPUTE_SCOPE_CLIENT_ID: &str = "facd7ccc-c5f4-42aa-916b-a0e270e2c2a9";
+/// The resource server of the auth API (userinfo).
+pub const AUTH_RESOURCE_SERVER: &str = "auth.globus.org";
+
+/// The form of a token request.
+#[derive(Debug, Deserialize)]
+pub struct TokenRequest {
+    grant_type: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+}
+
+/// The resource server a requested scope belongs to.
+fn resource_server_of(scope: &str) -> &'static str {
+    if scope.contains(COMPUTE_SCOPE_CLIENT_ID) || scope.contains(COMPUTE_RESOURCE_SERVER) {
+        COMPUTE_RESOURCE_SERVER
+    } else {
+        AUTH_RESOURCE_SERVER
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> ApiError {
+    ApiError::new(status, error, description.to_owned())
+}
+
+/// `POST /v2/oauth2/token`: the client-credentials grant.
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(request): Form<TokenRequest>,
+) -> ApiResult<Json<Value>> {
+    if request.grant_type != "client_credentials" {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        ));
+    }
+    let (client_id, secret) = basic_credentials(&headers)
+        .or_else(|| Some((request.client_id.clone()?, request.client_secret.clone()?)))
+        .ok_or_else(|| {
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "send the client id and secret with HTTP Basic",
+            )
+        })?;
+    let client_id = Uuid::parse_str(&client_id)
+        .map_err(|_| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client"))?;
+    let client = state
+        .store
+        .verify_client(client_id, &secret)
+        .await?
+        .ok_or_else(|| {
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "unknown client or wrong secret",
+            )
+        })?;
+
+    // Group the requested scopes by resource server; one token each.
+    let requested = request.scope.unwrap_or_default();
+    let mut groups: Vec<(&'static str, Vec<&str>)> = Vec::new();
+    for scope in requested.split_whitespace() {
+        let server = resource_server_of(scope);
+        match groups.iter_mut().find(|(s, _)| *s == server) {
+            Some((_, scopes)) => scopes.push(scope),
+            None => groups.push((server, vec![scope])),
+        }
+    }
+    if groups.is_empty() {
+        groups.push((COMPUTE_RESOURCE_SERVER, vec![]));
+    }
+    let lifetime = state.settings.client_token_lifetime_s;
+    let mut tokens = Vec::with_capacity(groups.len());
+    for (server, scopes) in &groups {
+        let scope = scopes.join(" ");
+        let token = state
+            .store
+            .issue_client_token(client.client_id, &scope, lifetime * 1000)
+            .await?;
+        tokens.push(json!({
+            "access_token": token,
+            "expires_in": lifetime,
+            "resource_server": server,
+            "scope": scope,
+            "token_type": "Bearer",
+        }));
+    }
+    let mut first = tokens.remove(0);
+    first["other_tokens"] = Value::from(tokens);
+    tracing::info!(client = %client.name, "issued client-credentials tokens");
+    Ok(Json(first))
+}
+
+/// The identity document of a caller, as `userinfo` and identity lookups show it.
+pub fn identity_document(caller: &Caller) -> Value {
+    let identity = &caller.0.identity;
+    let username = match identity.kind {
+        gantry_store::IdentityKind::Client => {
+            format!("{}@clients.auth.globus.org", identity.identity_id)
+        }
+        gantry_store::IdentityKind::User => identity.username.clone(),
+    };
+    json!({
+        "sub": identity.identity_id,
+        "id": identity.identity_id,
+        "username": username,
+        "name": identity.username,
+        "email": null,
+        "organization": null,
+        "identity_provider": IDENTITY_PROVIDER,
+        "identity_provider_display_name": "Gantry",
+        "status": "used",
+    })
+}
+
+/// `GET /v2/oauth2/userinfo`.
+pub async fn userinfo(caller: Caller) -> Json<Value> {
+    let document = identity_document(&caller);
+    Json(json!({
+        "sub": document["sub"],
+        "preferred_username": document["username"],
+        "name": document["name"],
+        "email": null,
+        "identity_provider": IDENTITY_PROVIDER,
+        "identity_provider_display_name": "Gantry",
+        "organization": null,
+        "last_authentication": null,
+        "identity_set": [document],
+    }))
+}

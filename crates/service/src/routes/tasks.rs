@@ -1,0 +1,408 @@
+//! Submitting tasks and reading their state: the routes the SDK's `Executor` and
+//! `Client` use.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use gantry_broker::layout::{task_group_queue, user_account, user_permissions, user_queue_prefix};
+use gantry_protocol::command::{
+    CMD_START_ENDPOINT, IdentityInfo, StartEndpointCommand, StartEndpointKwargs,
+};
+use gantry_protocol::packed::unpack_buffers;
+use gantry_protocol::rest::{
+    AmqpResultUrlResponse, BatchStatusRequest, BatchStatusResponse, SubmitRequest, SubmitResponse,
+    TaskGroupResponse, TaskGroupTask, TaskStatusResponse,
+};
+use gantry_protocol::uep_id::{derive_uep_id, python_major_minor};
+use gantry_store::{EndpointRecord, NewTask, TaskRecord, UepBinding};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::dispatch;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, parse_id};
+use crate::queues::provision_uep;
+use crate::routes::endpoints::can_use_endpoint;
+use crate::state::AppState;
+
+/// The most tasks one submit may carry.
+const MAX_TASKS_PER_SUBMIT: usize = 10_000;
+/// How long the service waits before asking a MEP again to start the same UEP.
+const START_COMMAND_GAP_MS: i64 = 5_000;
+
+/// `POST /v3/endpoints/{id}/submit`.
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(endpoint_id): Path<String>,
+    ApiJson(request): ApiJson<SubmitRequest>,
+) -> ApiResult<Json<SubmitResponse>> {
+    caller.require_user()?;
+    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
+    let endpoint = state
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .filter(|ep| can_use_endpoint(&caller, ep))
+        .ok_or_else(|| endpoint_not_found(endpoint_id))?;
+    if endpoint.locked {
+        return Err(ApiError::new(
+            axum::http::StatusCode::LOCKED,
+            "ENDPOINT_LOCKED",
+            format!("endpoint {endpoint_id} is locked and takes no new tasks"),
+        ));
+    }
+    let total: usize = request.tasks.values().map(Vec::len).sum();
+    if total > MAX_TASKS_PER_SUBMIT {
+        return Err(ApiError::bad_request(
+            "TOO_MANY_TASKS",
+            format!("{total} tasks in one submit; send at most {MAX_TASKS_PER_SUBMIT} per request"),
+        ));
+    }
+
+    // Check every function and payload before anything is written.
+    let mut new_tasks = Vec::with_capacity(total);
+    let mut task_ids: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    for (function_id, payloads) in &request.tasks {
+        let function = state
+            .store
+            .function(*function_id)
+            .await?
+            .filter(|f| f.public || f.owner_identity_id == caller.identity_id())
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "FUNCTION_NOT_FOUND",
+                    format!("function {function_id} not found"),
+                )
+            })?;
+        if let Some(allowed) = &endpoint.allowed_functions
+            && !allowed.contains(function_id)
+        {
+            return Err(ApiError::forbidden(
+                "FUNCTION_NOT_ALLOWED",
+                format!("function {function_id} is not allowed on endpoint {endpoint_id}"),
+            ));
+        }
+        let ids = task_ids.entry(*function_id).or_default();
+        for (index, payload) in payloads.iter().enumerate() {
+            match unpack_buffers(payload) {
+                Ok(buffers) if buffers.len() == 2 => {}
+                Ok(buffers) => {
+                    return Err(ApiError::bad_request(
+                        "INVALID_PAYLOAD",
+                        format!(
+                            "payload {index} of function {function_id} packs {} buffers; \
+                             a task payload packs exactly two (args, kwargs)",
+                            buffers.len()
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "INVALID_PAYLOAD",
+                        format!(
+                            "payload {index} of function {function_id} is not packed buffers: {e}"
+                        ),
+                    ));
+                }
+            }
+            let task_id = Uuid::new_v4();
+            ids.push(task_id);
+            new_tasks.push(NewTask {
+                task_id,
+                function_id: *function_id,
+                task_buffer: format!("{}{payload}", function.function_code),
+            });
+        }
+    }
+
+    // Route: a MEP's tasks go to the user's own UEP for this configuration.
+    let route = route_submit(&state, &caller, &endpoint, &request).await?;
+
+    let task_group_id = request.task_group_id.unwrap_or_else(Uuid::new_v4);
+    if let Some(owner) = state.store.task_group_owner(task_group_id).await?
+        && owner != caller.identity_id()
+    {
+        return Err(ApiError::not_found(
+            "TASK_GROUP_NOT_FOUND",
+            format!("task group {task_group_id} not found"),
+        ));
+    }
+    if request.create_queue {
+        state
+            .broker()
+            .await?
+            .declare_queue(&task_group_queue(caller.identity_id(), task_group_id))
+            .await?;
+    }
+    let spec = request.resource_specification.clone().map(Value::Object);
+    let serializers = request
+        .result_serializers
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|s| Value::from(s.clone()));
+    let batch = state
+        .store
+        .insert_submit(
+            caller.identity_id(),
+            task_group_id,
+            route.target,
+            endpoint_id,
+            &new_tasks,
+            spec.as_ref(),
+            serializers.as_ref(),
+        )
+        .await?;
+
+    // The tasks are stored; from here on a broker failure delays them (the outbox
+    // re-sends) but does not fail the submit, so the SDK never resubmits stored tasks.
+    let stored: Vec<TaskRecord> = new_tasks
+        .iter()
+        .map(|t| TaskRecord {
+            task_id: t.task_id,
+            task_group_id,
+            function_id: t.function_id,
+            owner_identity_id: caller.identity_id(),
+            endpoint_id: route.target,
+            submitted_endpoint_id: endpoint_id,
+            status: gantry_store::TaskStatus::WaitingForEp,
+            task_buffer: Some(t.task_buffer.clone()),
+            resource_specification: spec.clone(),
+            result_serializers: serializers.clone(),
+            result: None,
+            exception: None,
+            error_code: None,
+            details: None,
+            task_statuses: None,
+            created_at: 0,
+            completed_at: None,
+        })
+        .collect();
+    if let Err(error) = dispatch::publish_tasks(&state, &stored).await {
+        tracing::warn!(%error, tasks = stored.len(), "tasks stored; the outbox will send them");
+    }
+    if let Some(command) = route.start_command {
+        match state
+            .store
+            .claim_start_request(route.target, START_COMMAND_GAP_MS)
+            .await
+        {
+            Ok(true) => {
+                if let Err(error) =
+                    dispatch::publish_start_command(&state, endpoint_id, &command).await
+                {
+                    tracing::warn!(%error, uep_id = %route.target, "could not ask the MEP to start the UEP");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "could not record the start request"),
+        }
+    }
+    tracing::info!(
+        request_id = %batch.request_id, task_group_id = %task_group_id,
+        endpoint_id = %endpoint_id, target = %route.target, tasks = total,
+        user = %caller.0.identity.username, "submitted"
+    );
+    Ok(Json(SubmitResponse {
+        request_id: batch.request_id,
+        task_group_id,
+        endpoint_id,
+        tasks: task_ids,
+    }))
+}
+
+/// Where a submit's tasks go, and the start command to send if that is a UEP that is
+/// not running.
+struct Route {
+    target: Uuid,
+    start_command: Option<StartEndpointCommand>,
+}
+
+async fn route_submit(
+    state: &AppState,
+    caller: &Caller,
+    endpoint: &EndpointRecord,
+    request: &SubmitRequest,
+) -> ApiResult<Route> {
+    if !endpoint.multi_user {
+        if request
+            .user_endpoint_config
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "NOT_A_MULTI_USER_ENDPOINT",
+                format!(
+                    "endpoint {} is not a multi-user endpoint, so it takes no \
+                     user_endpoint_config; submit without one",
+                    endpoint.endpoint_id
+                ),
+            ));
+        }
+        return Ok(Route {
+            target: endpoint.endpoint_id,
+            start_command: None,
+        });
+    }
+    let user_config: Map<String, Value> = request.user_endpoint_config.clone().unwrap_or_default();
+    let user_runtime = request.user_runtime.clone().unwrap_or(Value::Null);
+    let python = python_major_minor(&user_runtime).unwrap_or_default();
+    let uep_id = derive_uep_id(
+        endpoint.endpoint_id,
+        caller.identity_id(),
+        &user_config,
+        &python,
+    );
+    let binding = UepBinding {
+        mep_id: endpoint.endpoint_id,
+        user_identity_id: caller.identity_id(),
+        user_config: user_config.clone(),
+        user_runtime: user_runtime.clone(),
+    };
+    let uep = state.store.ensure_uep(uep_id, &binding).await?;
+    let amqp_creds = provision_uep(state, uep_id).await?;
+    if uep.is_online(gantry_store::now_ms()) {
+        return Ok(Route {
+            target: uep_id,
+            start_command: None,
+        });
+    }
+    let identity = &caller.0.identity;
+    let command = StartEndpointCommand {
+        command: CMD_START_ENDPOINT.to_owned(),
+        globus_username: identity.username.clone(),
+        globus_effective_identity: identity.identity_id,
+        globus_identity_set: vec![IdentityInfo {
+            id: identity.identity_id,
+            sub: Some(identity.identity_id),
+            username: identity.username.clone(),
+            email: None,
+            name: Some(identity.username.clone()),
+            organization: None,
+            identity_provider: Some(crate::routes::oauth::IDENTITY_PROVIDER.to_owned()),
+            status: Some("used".to_owned()),
+        }],
+        args: Vec::new(),
+        kwargs: StartEndpointKwargs {
+            name: uep.name.clone(),
+            user_opts: user_config,
+            user_runtime,
+            amqp_creds,
+        },
+    };
+    Ok(Route {
+        target: uep_id,
+        start_command: Some(command),
+    })
+}
+
+fn endpoint_not_found(endpoint_id: Uuid) -> ApiError {
+    ApiError::not_found(
+        "ENDPOINT_NOT_FOUND",
+        format!("endpoint {endpoint_id} not found"),
+    )
+}
+
+/// The REST view of a task.
+pub fn task_status(task: &TaskRecord) -> TaskStatusResponse {
+    let completion_t = task
+        .completed_at
+        .map(|ms| format!("{:.3}", ms as f64 / 1000.0));
+    TaskStatusResponse {
+        task_id: task.task_id,
+        status: task.status.as_str().to_owned(),
+        result: task.result.clone(),
+        exception: task.exception.clone(),
+        completion_t,
+        details: task.details.clone(),
+    }
+}
+
+/// `GET /v2/tasks/{id}`.
+pub async fn get_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> ApiResult<Json<TaskStatusResponse>> {
+    let task_id = parse_id(&task_id, "task id")?;
+    let task = state
+        .store
+        .task(task_id)
+        .await?
+        .filter(|t| t.owner_identity_id == caller.identity_id())
+        .ok_or_else(|| {
+            ApiError::not_found("TASK_NOT_FOUND", format!("task {task_id} not found"))
+        })?;
+    Ok(Json(task_status(&task)))
+}
+
+/// `POST /v2/batch_status`: unknown tasks, and other users' tasks, are left out.
+pub async fn batch_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<BatchStatusRequest>,
+) -> ApiResult<Json<BatchStatusResponse>> {
+    if request.task_ids.len() > MAX_TASKS_PER_SUBMIT {
+        return Err(ApiError::bad_request(
+            "TOO_MANY_TASKS",
+            format!("ask for at most {MAX_TASKS_PER_SUBMIT} tasks at a time"),
+        ));
+    }
+    let mut results = BTreeMap::new();
+    for task_id in request.task_ids {
+        if let Some(task) = state
+            .store
+            .task(task_id)
+            .await?
+            .filter(|t| t.owner_identity_id == caller.identity_id())
+        {
+            results.insert(task_id, task_status(&task));
+        }
+    }
+    Ok(Json(BatchStatusResponse {
+        response: "batch".into(),
+        results,
+    }))
+}
+
+/// `GET /v2/taskgroup/{id}`.
+pub async fn get_task_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_group_id): Path<String>,
+) -> ApiResult<Json<TaskGroupResponse>> {
+    let task_group_id = parse_id(&task_group_id, "task group id")?;
+    if state.store.task_group_owner(task_group_id).await? != Some(caller.identity_id()) {
+        return Err(ApiError::not_found(
+            "TASK_GROUP_NOT_FOUND",
+            format!("task group {task_group_id} not found"),
+        ));
+    }
+    let tasks = state.store.tasks_of_group(task_group_id).await?;
+    Ok(Json(TaskGroupResponse {
+        taskgroup_id: task_group_id,
+        tasks: tasks
+            .iter()
+            .map(|t| TaskGroupTask { id: t.task_id })
+            .collect(),
+    }))
+}
+
+/// `GET /v2/get_amqp_result_connection_url`: an account that reads only the caller's
+/// own task-group queues.
+pub async fn amqp_result_url(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<AmqpResultUrlResponse>> {
+    caller.require_user()?;
+    let account = user_account(caller.identity_id());
+    state
+        .provision_account(&account, &user_permissions(caller.identity_id()))
+        .await?;
+    Ok(Json(AmqpResultUrlResponse {
+        connection_url: state.client_amqp_url(&account),
+        queue_prefix: user_queue_prefix(caller.identity_id()),
+    }))
+}

@@ -1,0 +1,207 @@
+//! Starting and stopping the service: connect the database and the broker, declare the
+//! topology, start the consumers and the outbox, serve HTTP, and on shutdown stop all of
+//! them through one watch channel and wait for each.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use gantry_broker::SharedBroker;
+use gantry_broker::management::Management;
+use gantry_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::consumers::{CONSUMED_QUEUES, run_consumer};
+use crate::dispatch::run_outbox;
+use crate::routes::router;
+use crate::state::{AppState, ServiceSettings};
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen for HTTP.
+    pub listen: SocketAddr,
+    /// `sqlite://path` or `postgres://...`.
+    pub database_url: String,
+    /// The service's own AMQP URL (an administrator account), vhost included.
+    pub amqp_url: String,
+    /// RabbitMQ's management API, for per-endpoint accounts.
+    pub amqp_admin_url: String,
+    /// The broker as clients reach it (`amqp://host:port`); defaults to `amqp_url`'s host.
+    pub public_amqp_url: Option<String>,
+    /// The largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Lifetime of endpoint access tokens, in seconds.
+    pub client_token_lifetime_s: i64,
+}
+
+/// A service running in this process (the binary and the tests use it).
+pub struct RunningService {
+    /// The address it listens on (with the real port when asked for port 0).
+    pub addr: SocketAddr,
+    /// Its shared state.
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and waits for the consumers, the outbox and the server to finish.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.state.shared_broker.close().await;
+        self.state.store.pool().close().await;
+    }
+
+    /// Waits until a shutdown signal (SIGINT/SIGTERM) arrives, then stops.
+    pub async fn run_until_signalled(self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The vhost named by an AMQP URL's path (`/` when absent).
+fn vhost_of(amqp_url: &str) -> anyhow::Result<String> {
+    let parsed =
+        url::Url::parse(amqp_url).with_context(|| format!("bad --amqp-url {amqp_url:?}"))?;
+    let path = parsed.path().trim_start_matches('/');
+    Ok(if path.is_empty() {
+        "/".to_owned()
+    } else {
+        url::form_urlencoded::parse(format!("v={path}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| path.to_owned())
+    })
+}
+
+fn public_amqp(config: &ServeConfig) -> anyhow::Result<(String, String)> {
+    let source = config
+        .public_amqp_url
+        .as_deref()
+        .unwrap_or(&config.amqp_url);
+    let parsed = url::Url::parse(source).with_context(|| format!("bad AMQP URL {source:?}"))?;
+    let scheme = parsed.scheme().to_owned();
+    let host = parsed.host_str().context("the AMQP URL has no host")?;
+    let port = parsed
+        .port()
+        .unwrap_or(if scheme == "amqps" { 5671 } else { 5672 });
+    Ok((scheme, format!("{host}:{port}")))
+}
+
+/// Connects everything and starts serving; returns once the listener is bound.
+pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
+    let store = Store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact_db(&config.database_url)
+            )
+        })?;
+    let broker_secret = store
+        .setting_or_init("broker_secret", || gantry_store::secret::new_secret(""))
+        .await?;
+    let vhost = vhost_of(&config.amqp_url)?;
+    let management = Management::new(&config.amqp_admin_url)?;
+    management
+        .ensure_vhost(&vhost)
+        .await
+        .context("cannot set up RabbitMQ through its management API (is the rabbitmq_management plugin enabled?)")?;
+    let shared_broker = SharedBroker::connect(&config.amqp_url).await?;
+    let (public_amqp_scheme, public_amqp_authority) = public_amqp(&config)?;
+    let state = AppState {
+        store,
+        shared_broker,
+        management,
+        settings: Arc::new(ServiceSettings {
+            public_amqp_authority,
+            public_amqp_scheme,
+            vhost,
+            broker_secret,
+            max_body_bytes: config.max_body_bytes,
+            client_token_lifetime_s: config.client_token_lifetime_s,
+        }),
+        provisioned: Arc::new(Mutex::new(Default::default())),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, _) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for queue in CONSUMED_QUEUES {
+        tasks.push(tokio::spawn(run_consumer(
+            state.clone(),
+            queue,
+            shutdown.subscribe(),
+        )));
+    }
+    tasks.push(tokio::spawn(run_outbox(
+        state.clone(),
+        shutdown.subscribe(),
+    )));
+    let app = router(state.clone());
+    let mut http_shutdown = shutdown.subscribe();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the HTTP server failed");
+        }
+    }));
+    tracing::info!(%addr, "gantry-service listening");
+    Ok(RunningService {
+        addr,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+/// A database URL without its password, for messages.
+fn redact_db(url: &str) -> String {
+    gantry_broker::amqp::redact(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhosts_are_read_from_the_url_path() {
+        assert_eq!(vhost_of("amqp://g:g@h:5672").unwrap(), "/");
+        assert_eq!(vhost_of("amqp://g:g@h:5672/").unwrap(), "/");
+        assert_eq!(vhost_of("amqp://g:g@h:5672/%2f").unwrap(), "/");
+        assert_eq!(vhost_of("amqp://g:g@h:5672/gantry").unwrap(), "gantry");
+    }
+}

@@ -1,0 +1,99 @@
+//! The state every route and background task shares.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use gantry_broker::management::Management;
+use gantry_broker::{Broker, BrokerError, SharedBroker};
+use gantry_store::Store;
+
+/// Settings that shape what the service tells clients.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// `host:port` of RabbitMQ as clients (SDK, endpoints) reach it.
+    pub public_amqp_authority: String,
+    /// The AMQP scheme clients use (`amqp` or `amqps`).
+    pub public_amqp_scheme: String,
+    /// The virtual host everything lives in.
+    pub vhost: String,
+    /// The secret broker passwords are derived from (stored in the database).
+    pub broker_secret: String,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long client-credentials access tokens live, in seconds.
+    pub client_token_lifetime_s: i64,
+}
+
+/// Shared state: the database, the broker and the settings; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Durable state.
+    pub store: Store,
+    /// The AMQP connection (publisher with confirms), reconnecting when it drops.
+    pub shared_broker: SharedBroker,
+    /// RabbitMQ's management API, for accounts.
+    pub management: Management,
+    /// Settings.
+    pub settings: Arc<ServiceSettings>,
+    /// Broker accounts provisioned since this process started. Passwords derive from
+    /// the secret, so an account once set up stays valid; this saves the management
+    /// API calls on every submit.
+    pub provisioned: Arc<Mutex<HashSet<String>>>,
+}
+
+impl AppState {
+    /// The live broker connection.
+    pub async fn broker(&self) -> Result<Broker, BrokerError> {
+        self.shared_broker.get().await
+    }
+
+    /// The AMQP URL of `account` as clients reach the broker.
+    pub fn client_amqp_url(&self, account: &str) -> String {
+        let password =
+            gantry_broker::credentials::account_password(&self.settings.broker_secret, account);
+        let vhost = url_escape(&self.settings.vhost);
+        format!(
+            "{}://{account}:{password}@{}/{vhost}",
+            self.settings.public_amqp_scheme, self.settings.public_amqp_authority
+        )
+    }
+
+    /// Creates a broker account with exactly `permissions`, once per process.
+    pub async fn provision_account(
+        &self,
+        account: &str,
+        permissions: &gantry_broker::management::Permissions,
+    ) -> Result<(), BrokerError> {
+        if self.provisioned.lock().expect("lock").contains(account) {
+            return Ok(());
+        }
+        let password =
+            gantry_broker::credentials::account_password(&self.settings.broker_secret, account);
+        self.management
+            .put_account(&self.settings.vhost, account, &password, permissions)
+            .await?;
+        self.provisioned
+            .lock()
+            .expect("lock")
+            .insert(account.to_owned());
+        Ok(())
+    }
+
+    /// Forgets that an account was provisioned (it was deleted).
+    pub fn forget_account(&self, account: &str) {
+        self.provisioned.lock().expect("lock").remove(account);
+    }
+}
+
+/// Percent-escapes a URL path segment (a vhost of `/` becomes `%2F`).
+pub fn url_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
