@@ -1,0 +1,183 @@
+//! Shared set-up for the service's end-to-end tests: a service in this process against
+//! the real RabbitMQ (a fresh vhost per test) and a real database (SQLite file or a
+//! fresh PostgreSQL database), plus the real SDK in the test venv.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use gantry_broker::management::Management;
+use gantry_service::server::{RunningService, ServeConfig, start};
+use serde_json::Value;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// A test's service and everything it needs to be started again (same database).
+pub struct TestService {
+    pub service: Option<RunningService>,
+    pub config: ServeConfig,
+    pub vhost: String,
+    _port_lock: Option<File>,
+}
+
+/// Holds the SDK's fixed port (the SDK's "local" environment is http://localhost:5000)
+/// for one test at a time, across test processes.
+fn lock_port_5000() -> File {
+    let path = std::env::temp_dir().join("gantry-tests-port-5000.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("open the port lock");
+    file.lock().expect("lock port 5000 for this test");
+    file
+}
+
+impl TestService {
+    /// Starts a service; `sdk_port` makes it listen on 127.0.0.1:5000 where the SDK looks.
+    pub async fn start(backend: Backend, sdk_port: bool) -> TestService {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        gantry_testkit::require_service("RabbitMQ", &gantry_testkit::amqp_host());
+        let database_url = match backend {
+            Backend::Sqlite => {
+                let dir = gantry_testkit::fresh_temp_dir("service");
+                format!("sqlite://{}", dir.join("service.db").display())
+            }
+            Backend::Postgres => gantry_testkit::fresh_postgres_database().await,
+        };
+        let vhost = gantry_testkit::fresh_vhost_name();
+        let port_lock = sdk_port.then(lock_port_5000);
+        let listen = if sdk_port {
+            "127.0.0.1:5000"
+        } else {
+            "127.0.0.1:0"
+        };
+        let config = ServeConfig {
+            listen: listen.parse().expect("address"),
+            database_url,
+            amqp_url: format!("amqp://guest:guest@{}/{vhost}", gantry_testkit::amqp_host()),
+            amqp_admin_url: gantry_testkit::amqp_admin_url(),
+            public_amqp_url: None,
+            max_body_bytes: 1024 * 1024,
+            client_token_lifetime_s: 3600,
+        };
+        let service = start(config.clone()).await.expect("the service starts");
+        TestService {
+            service: Some(service),
+            config,
+            vhost,
+            _port_lock: port_lock,
+        }
+    }
+
+    pub fn running(&self) -> &RunningService {
+        self.service.as_ref().expect("the service is running")
+    }
+
+    pub fn url(&self) -> String {
+        self.running().url()
+    }
+
+    pub fn store(&self) -> &gantry_store::Store {
+        &self.running().state.store
+    }
+
+    /// Stops the service and starts it again on the same database, broker and port.
+    pub async fn restart(&mut self) {
+        let running = self.service.take().expect("running");
+        let addr = running.addr;
+        running.stop().await;
+        let mut config = self.config.clone();
+        config.listen = addr;
+        self.service = Some(start(config).await.expect("the service starts again"));
+    }
+
+    /// Stops the service and removes the test's vhost and its accounts.
+    pub async fn stop(mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop().await;
+        }
+        let management =
+            Management::new(&gantry_testkit::amqp_admin_url()).expect("management URL");
+        management
+            .delete_vhost(&self.vhost)
+            .await
+            .expect("delete the test vhost");
+    }
+
+    /// A user and their token.
+    pub async fn user(&self, name: &str) -> (uuid::Uuid, String) {
+        let (identity, token) = self.store().add_user(name).await.expect("add user");
+        (identity.identity_id, token)
+    }
+
+    /// An endpoint client and an access token for it (as the OAuth route would issue).
+    pub async fn endpoint_client(&self, name: &str) -> (uuid::Uuid, String) {
+        let (client, _) = self
+            .store()
+            .add_endpoint_client(name)
+            .await
+            .expect("add client");
+        let token = self
+            .store()
+            .issue_client_token(client.client_id, "funcx_service", 3_600_000)
+            .await
+            .expect("client token");
+        (client.client_id, token)
+    }
+}
+
+/// Runs a scenario of `python/sdk_client.py` with the real SDK; returns its JSON.
+pub fn run_sdk(scenario: &str, env: &[(&str, String)]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_client.py");
+    let mut command = Command::new(gantry_testkit::venv_python());
+    command
+        .arg(&script)
+        .arg(scenario)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.env(
+        "GLOBUS_COMPUTE_USER_DIR",
+        gantry_testkit::fresh_temp_dir("sdk-home"),
+    );
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run the SDK script");
+    assert!(
+        output.status.success(),
+        "SDK scenario {scenario} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "SDK scenario {scenario} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// An async wrapper for [`run_sdk`], so the service keeps running meanwhile.
+pub async fn sdk(scenario: &str, env: Vec<(&'static str, String)>) -> Value {
+    let scenario = scenario.to_owned();
+    tokio::task::spawn_blocking(move || run_sdk(&scenario, &env))
+        .await
+        .expect("SDK thread")
+}

@@ -1,0 +1,126 @@
+"""The scientist's side of Gantry's service tests: the real globus-compute-sdk, unchanged,
+pointed at the local service the way a user would (environment "local", a bearer token).
+
+Usage: sdk_client.py SCENARIO; settings come from the environment:
+GANTRY_TOKEN, ENDPOINT_ID, optional USER_ENDPOINT_CONFIG (JSON), TASK_GROUP_ID.
+Prints one JSON document on stdout.
+"""
+
+import json
+import os
+import sys
+
+import globus_sdk
+import globus_compute_sdk as GC
+
+NON_ASCII = "naïve café ☃ 𝄞 日本語"
+
+
+def add(a, b=0):
+    return a + b
+
+
+def shout(text):
+    return {"upper": text.upper(), "len": len(text), "nested": [text, {"again": text}]}
+
+
+def who():
+    import getpass
+    import os
+
+    return {"user": getpass.getuser(), "task_uuid": os.environ.get("GC_TASK_UUID")}
+
+
+def fails(x):
+    raise ValueError(f"refused {x!r} ☃")
+
+
+def client() -> GC.Client:
+    return GC.Client(
+        local_compute_services=True,
+        authorizer=globus_sdk.AccessTokenAuthorizer(os.environ["GANTRY_TOKEN"]),
+    )
+
+
+def executor_kwargs() -> dict:
+    kwargs = {"endpoint_id": os.environ["ENDPOINT_ID"], "client": client()}
+    if os.environ.get("USER_ENDPOINT_CONFIG"):
+        kwargs["user_endpoint_config"] = json.loads(os.environ["USER_ENDPOINT_CONFIG"])
+    return kwargs
+
+
+def executor() -> dict:
+    """Submits a mix of tasks through the Executor and collects what comes back."""
+    timeout = float(os.environ.get("RESULT_TIMEOUT", "60"))
+    with GC.Executor(**executor_kwargs()) as ex:
+        futures = {
+            "add": ex.submit(add, 40, b=2),
+            "shout": ex.submit(shout, NON_ASCII),
+            "who": ex.submit(who),
+            "fails": ex.submit(fails, NON_ASCII),
+            "many": [ex.submit(add, i, i) for i in range(20)],
+        }
+        out = {"results": {}, "errors": {}, "task_ids": {}}
+        for name, fut in futures.items():
+            if isinstance(fut, list):
+                out["results"][name] = [f.result(timeout=timeout) for f in fut]
+                continue
+            out["task_ids"][name] = fut.task_id
+            try:
+                out["results"][name] = fut.result(timeout=timeout)
+            except Exception as e:  # noqa: BLE001 - the test checks which
+                out["errors"][name] = {"type": type(e).__name__, "text": str(e)}
+        out["task_group_id"] = str(ex.task_group_id)
+        return out
+
+
+def submit_only() -> dict:
+    """Submits a batch (with a result queue) and returns the ids without waiting."""
+    gcc = client()
+    fn = gcc.register_function(add)
+    batch = gcc.create_batch(create_websocket_queue=True)
+    for i in range(5):
+        batch.add(fn, args=(i, 100))
+    response = gcc.batch_run(os.environ["ENDPOINT_ID"], batch)
+    return {"task_ids": response["tasks"][fn], "task_group_id": response["task_group_id"]}
+
+
+def reload() -> dict:
+    """Picks up a task group's results in a new process, as after a client restart."""
+    timeout = float(os.environ.get("RESULT_TIMEOUT", "60"))
+    with GC.Executor(**executor_kwargs()) as ex:
+        futures = ex.reload_tasks(os.environ["TASK_GROUP_ID"])
+        return {"results": sorted(f.result(timeout=timeout) for f in futures)}
+
+
+def single() -> dict:
+    """One task through the Executor; reports its result or its error."""
+    timeout = float(os.environ.get("RESULT_TIMEOUT", "60"))
+    with GC.Executor(**executor_kwargs()) as ex:
+        fut = ex.submit(add, 1, 2)
+        try:
+            return {"result": fut.result(timeout=timeout), "task_id": fut.task_id}
+        except Exception as e:  # noqa: BLE001 - the test checks which
+            return {"error": {"type": type(e).__name__, "text": str(e)}, "task_id": fut.task_id}
+
+
+def client_poll() -> dict:
+    """Client.run then REST polling, without AMQP (create_queue is false)."""
+    import time
+
+    gcc = client()
+    fn = gcc.register_function(add)
+    task_id = gcc.run(5, 6, endpoint_id=os.environ["ENDPOINT_ID"], function_id=fn)
+    deadline = time.time() + float(os.environ.get("RESULT_TIMEOUT", "60"))
+    while time.time() < deadline:
+        try:
+            return {"task_id": task_id, "result": gcc.get_result(task_id), "status": gcc.get_task(task_id)["status"]}
+        except GC.errors.TaskPending:
+            time.sleep(0.2)
+    raise TimeoutError(task_id)
+
+
+if __name__ == "__main__":
+    scenario = sys.argv[1]
+    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single}[scenario]()
+    json.dump(out, sys.stdout, ensure_ascii=False)

@@ -1,0 +1,280 @@
+//! The real `globus-compute-sdk` (Executor and Client) against the service, with the
+//! Rust test endpoint over the real broker running the tasks in Python.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{BACKENDS, Backend, TestService, sdk};
+use gantry_protocol::rest::EndpointRegistrationRequest;
+use gantry_protocol::uep_id::derive_uep_id;
+use gantry_store::TaskStatus;
+use gantry_test_endpoint::{Executor, StartBehaviour, creds_of, register, run_mep, run_uep};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn registration(name: &str, multi_user: bool) -> EndpointRegistrationRequest {
+    serde_json::from_value(json!({
+        "endpoint_name": name,
+        "multi_user": multi_user,
+        "public": !multi_user,
+        "metadata": {"hostname": "test"},
+    }))
+    .unwrap()
+}
+
+fn python() -> Executor {
+    Executor::Python(gantry_testkit::venv_python())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_executor_gets_results_through_a_plain_endpoint() {
+    for backend in BACKENDS {
+        let service = TestService::start(backend, true).await;
+        let (_, token) = service.user("alice@example.org").await;
+        let (_, client_token) = service.endpoint_client("site").await;
+        let registered = register(&service.url(), &client_token, &registration("plain", false))
+            .await
+            .unwrap();
+        let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
+            .await
+            .unwrap();
+
+        let env = vec![
+            ("GANTRY_TOKEN", token.clone()),
+            ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        ];
+        let out = sdk("executor", env.clone()).await;
+        assert_eq!(out["results"]["add"], json!(42), "{backend:?}: {out}");
+        assert_eq!(
+            out["results"]["shout"],
+            json!({"upper": "NAÏVE CAFÉ ☃ 𝄞 日本語", "len": 18, "nested": ["naïve café ☃ 𝄞 日本語", {"again": "naïve café ☃ 𝄞 日本語"}]})
+        );
+        assert_eq!(
+            out["results"]["who"]["task_uuid"], out["task_ids"]["who"],
+            "GC_TASK_UUID is the task id"
+        );
+        assert_eq!(
+            out["results"]["many"],
+            Value::from((0..20).map(|i| i * 2).collect::<Vec<i64>>())
+        );
+        assert_eq!(
+            out["errors"]["fails"]["type"], "TaskExecutionFailed",
+            "{out}"
+        );
+        let text = out["errors"]["fails"]["text"].as_str().unwrap();
+        assert!(
+            text.contains("ValueError") && text.contains("refused 'naïve café ☃ 𝄞 日本語' ☃"),
+            "{text}"
+        );
+
+        // The service stored every outcome.
+        let group: Uuid = out["task_group_id"].as_str().unwrap().parse().unwrap();
+        let tasks = service.store().tasks_of_group(group).await.unwrap();
+        assert_eq!(tasks.len(), 24, "{backend:?}");
+        assert_eq!(
+            tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Success)
+                .count(),
+            23
+        );
+        assert_eq!(
+            tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Failed)
+                .count(),
+            1
+        );
+        assert!(
+            tasks.iter().all(|t| t.task_buffer.is_none()),
+            "the outbox is empty"
+        );
+
+        // The Client's REST path: run, then poll (no result queue).
+        let polled = sdk("client_poll", env).await;
+        assert_eq!(
+            (polled["result"].clone(), polled["status"].clone()),
+            (json!(11), json!("success"))
+        );
+
+        uep.stop().await.unwrap();
+        service.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mep_gets_one_start_command_per_user_configuration() {
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (alice, token) = service.user("alice@example.org").await;
+    let (_, client_token) = service.endpoint_client("site").await;
+    let registered = register(&service.url(), &client_token, &registration("mep", true))
+        .await
+        .unwrap();
+    assert!(registered.command_queue_info.is_some() && registered.task_queue_info.is_none());
+    let mep = run_mep(&registered, StartBehaviour::Start(python()), 2.0)
+        .await
+        .unwrap();
+    let mep_id = registered.endpoint_id.to_string();
+    let config_a = json!({"ACCOUNT_ID": "314159265", "walltime": "00:02:00"});
+    let config_b = json!({"ACCOUNT_ID": "543126688"});
+    let with_config = |config: &Value| {
+        vec![
+            ("GANTRY_TOKEN", token.clone()),
+            ("ENDPOINT_ID", mep_id.clone()),
+            ("USER_ENDPOINT_CONFIG", config.to_string()),
+        ]
+    };
+
+    let first = sdk("single", with_config(&config_a)).await;
+    assert_eq!(first["result"], json!(3), "{first}");
+    let commands = mep.commands.lock().unwrap().clone();
+    assert_eq!(commands.len(), 1);
+    let command = &commands[0];
+    assert_eq!(command.command, "cmd_start_endpoint");
+    assert_eq!(command.globus_username, "alice@example.org");
+    assert_eq!(command.globus_effective_identity, alice);
+    assert_eq!(command.globus_identity_set.len(), 1);
+    assert_eq!(command.globus_identity_set[0].id, alice);
+    assert_eq!(
+        command.globus_identity_set[0].status.as_deref(),
+        Some("used")
+    );
+    assert_eq!(Value::Object(command.kwargs.user_opts.clone()), config_a);
+    assert_eq!(
+        command.kwargs.user_runtime["globus_compute_sdk_version"],
+        "4.19.0"
+    );
+    let python_mm =
+        gantry_protocol::uep_id::python_major_minor(&command.kwargs.user_runtime).unwrap();
+    let uep_a = derive_uep_id(
+        registered.endpoint_id,
+        alice,
+        config_a.as_object().unwrap(),
+        &python_mm,
+    );
+    assert_eq!(command.kwargs.amqp_creds.endpoint_id, uep_a);
+    assert_eq!(command.kwargs.name, format!("uep.{mep_id}.{uep_a}"));
+    let task: Uuid = first["task_id"].as_str().unwrap().parse().unwrap();
+    let stored = service.store().task(task).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.endpoint_id, stored.submitted_endpoint_id),
+        (uep_a, registered.endpoint_id)
+    );
+
+    // Same user, another configuration: a second UEP.
+    let second = sdk("single", with_config(&config_b)).await;
+    assert_eq!(second["result"], json!(3), "{second}");
+    let commands = mep.commands.lock().unwrap().clone();
+    assert_eq!(commands.len(), 2);
+    let uep_b = commands[1].kwargs.amqp_creds.endpoint_id;
+    assert_ne!(uep_b, uep_a);
+    assert_eq!(mep.ueps.lock().await.len(), 2);
+
+    // The first configuration again: its UEP is online, so no new command.
+    let third = sdk("single", with_config(&config_a)).await;
+    assert_eq!(third["result"], json!(3));
+    assert_eq!(
+        mep.commands.lock().unwrap().len(),
+        2,
+        "an online UEP is not started again"
+    );
+    assert_eq!(
+        service
+            .store()
+            .ueps_of(registered.endpoint_id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    mep.stop().await.unwrap();
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_uep_start_fails_the_waiting_tasks_with_its_reason() {
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, token) = service.user("bob@example.org").await;
+    let (_, client_token) = service.endpoint_client("site").await;
+    let registered = register(&service.url(), &client_token, &registration("mep", true))
+        .await
+        .unwrap();
+    let reason = "identity bob@example.org maps to no local user";
+    let mep = run_mep(&registered, StartBehaviour::Fail(reason.into()), 2.0)
+        .await
+        .unwrap();
+    let out = sdk(
+        "single",
+        vec![
+            ("GANTRY_TOKEN", token),
+            ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+            (
+                "USER_ENDPOINT_CONFIG",
+                json!({"ACCOUNT_ID": "1"}).to_string(),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(out["error"]["type"], "TaskExecutionFailed", "{out}");
+    assert!(
+        out["error"]["text"].as_str().unwrap().contains(reason),
+        "{out}"
+    );
+    let task: Uuid = out["task_id"].as_str().unwrap().parse().unwrap();
+    let stored = service.store().task(task).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Failed);
+    mep.stop().await.unwrap();
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_and_results_survive_a_service_restart() {
+    for backend in BACKENDS {
+        let mut service = TestService::start(backend, true).await;
+        let (_, token) = service.user("carol@example.org").await;
+        let (_, client_token) = service.endpoint_client("site").await;
+        let registered = register(&service.url(), &client_token, &registration("plain", false))
+            .await
+            .unwrap();
+        let env = vec![
+            ("GANTRY_TOKEN", token.clone()),
+            ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        ];
+
+        // Submitted while no endpoint runs; then the service restarts.
+        let submitted = sdk("submit_only", env.clone()).await;
+        service.restart().await;
+        let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
+            .await
+            .unwrap();
+
+        // A new SDK process picks the task group up again and gets every result.
+        let mut reload_env = env.clone();
+        reload_env.push((
+            "TASK_GROUP_ID",
+            submitted["task_group_id"].as_str().unwrap().to_owned(),
+        ));
+        let reloaded = sdk("reload", reload_env).await;
+        assert_eq!(
+            reloaded["results"],
+            json!([100, 101, 102, 103, 104]),
+            "{backend:?}"
+        );
+
+        // Restarted again, the results are still there.
+        service.restart().await;
+        for task_id in submitted["task_ids"].as_array().unwrap() {
+            let task = service
+                .store()
+                .task(task_id.as_str().unwrap().parse().unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(task.status, TaskStatus::Success, "{backend:?}");
+        }
+        uep.stop().await.unwrap();
+        service.stop().await;
+    }
+}
