@@ -365,14 +365,9 @@ pub async fn run_mep(
             match &behaviour {
                 StartBehaviour::Start(executor) => {
                     let mut running = started.lock().await;
-                    if !running.contains_key(&uep_id) {
-                        let uep = run_uep(
-                            command.kwargs.amqp_creds.clone(),
-                            executor.clone(),
-                            heartbeat_period,
-                        )
-                        .await?;
-                        running.insert(uep_id, uep);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(uep_id) {
+                        let creds = command.kwargs.amqp_creds.clone();
+                        slot.insert(run_uep(creds, executor.clone(), heartbeat_period).await?);
                     }
                 }
                 StartBehaviour::Fail(message) => {
