@@ -331,14 +331,18 @@ impl Store {
 
     /// Forgets the messages of tasks the broker has confirmed.
     pub async fn mark_enqueued(&self, task_ids: &[Uuid]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        for task_id in task_ids {
-            sqlx::query("UPDATE tasks SET task_buffer = NULL WHERE task_id = $1")
-                .bind(task_id.to_string())
-                .execute(&mut *tx)
-                .await?;
+        for chunk in task_ids.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE tasks SET task_buffer = NULL WHERE task_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for task_id in chunk {
+                query = query.bind(task_id.to_string());
+            }
+            query.execute(&self.pool).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
