@@ -158,6 +158,14 @@ impl Broker {
         Ok(())
     }
 
+    /// Drops every message waiting in a queue; returns how many there were.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
+        Ok(self
+            .publisher
+            .queue_purge(s(queue), lapin::options::QueuePurgeOptions::default())
+            .await?)
+    }
+
     /// Deletes a queue (when its endpoint is deleted).
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
         self.publisher

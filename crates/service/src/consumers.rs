@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use gantry_broker::lapin::message::Delivery;
 use gantry_broker::lapin::options::{BasicAckOptions, BasicNackOptions};
-use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of};
+use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of, task_queue};
 use gantry_protocol::messagepack::{Message, TaskState};
 use gantry_store::StoredResult;
 use uuid::Uuid;
@@ -194,6 +194,14 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
     if let Some(error_text) = report.error() {
         let message = format!("the endpoint {subject} could not start: {error_text}");
         tracing::warn!(endpoint_id = %subject, error = error_text, "endpoint reported a failed start");
+        // Drop the waiting task messages first, then fail what is pending: a task
+        // reported failed must not run later when a retry of the start succeeds. A task
+        // submitted between the two steps is failed too; none is left neither failed
+        // nor queued.
+        if let Err(error) = purge_task_queue(state, subject).await {
+            tracing::error!(%error, endpoint_id = %subject, "cannot purge the failed endpoint's tasks; will retry");
+            return Outcome::Retry;
+        }
         match state
             .store
             .fail_pending_tasks(subject, START_FAILED_CODE, &message)
@@ -213,6 +221,25 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
         }
     }
     Outcome::Ack
+}
+
+/// Empties the task queue of a (non-multi-user) endpoint; a MEP has none.
+async fn purge_task_queue(state: &AppState, endpoint_id: Uuid) -> anyhow::Result<()> {
+    let Some(endpoint) = state.store.endpoint(endpoint_id).await? else {
+        return Ok(());
+    };
+    if endpoint.multi_user {
+        return Ok(());
+    }
+    let dropped = state
+        .broker()
+        .await?
+        .purge_queue(&task_queue(endpoint_id))
+        .await?;
+    if dropped > 0 {
+        tracing::info!(endpoint_id = %endpoint_id, dropped, "dropped the tasks of an endpoint that failed to start");
+    }
+    Ok(())
 }
 
 /// The queues the service consumes.

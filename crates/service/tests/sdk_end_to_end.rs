@@ -225,6 +225,21 @@ async fn a_failed_uep_start_fails_the_waiting_tasks_with_its_reason() {
     let task: Uuid = out["task_id"].as_str().unwrap().parse().unwrap();
     let stored = service.store().task(task).await.unwrap().unwrap();
     assert_eq!(stored.status, TaskStatus::Failed);
+    // The failed task's message is gone too: it must not run if a later start succeeds.
+    let admin = gantry_broker::Broker::connect(&service.config.amqp_url)
+        .await
+        .unwrap();
+    let channel = admin.channel().await.unwrap();
+    let queue = gantry_broker::layout::task_queue(stored.endpoint_id);
+    let left = channel
+        .basic_get(
+            queue.as_str().into(),
+            gantry_broker::lapin::options::BasicGetOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(left.is_none(), "the failed UEP's task queue was purged");
+    admin.close().await;
     mep.stop().await.unwrap();
     service.stop().await;
 }
