@@ -53,25 +53,54 @@ ensure_rust() {
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 }
 
-# ensure_venv: .venv with the pinned Globus Compute packages (or $GANTRY_TEST_VENV).
+# world_traversable DIR: whether every directory from / down to DIR lets other users in,
+# so that local test users (and the UEPs that run as them) can use what lies there.
+world_traversable() {
+  local dir
+  dir=$(cd "$1" && pwd -P)
+  while [ "$dir" != "/" ]; do
+    case "$(stat -c %A "$dir")" in *x | *t) ;; *) return 1 ;; esac
+    dir=$(dirname "$dir")
+  done
+}
+
+# The Python the venv is made from: Debian's, which every local user can run (a
+# pyenv or conda Python under root's home is not reachable by the tests' local users).
+base_python() {
+  if [ -x /usr/bin/python3 ]; then echo /usr/bin/python3; else command -v python3; fi
+}
+
+# ensure_venv: a venv with the pinned Globus Compute packages, at $GANTRY_TEST_VENV,
+# else .venv in the checkout, or /var/tmp/gantry-test-venv when the checkout is not
+# reachable by other users. Exports GANTRY_TEST_VENV for the tests.
 ensure_venv() {
-  local venv="${GANTRY_TEST_VENV:-$GANTRY_ROOT/.venv}"
+  if [ -z "${GANTRY_TEST_VENV:-}" ]; then
+    if world_traversable "$GANTRY_ROOT"; then
+      GANTRY_TEST_VENV="$GANTRY_ROOT/.venv"
+    else
+      GANTRY_TEST_VENV=/var/tmp/gantry-test-venv
+    fi
+  fi
+  export GANTRY_TEST_VENV
+  local venv="$GANTRY_TEST_VENV"
+  command -v python3 >/dev/null || [ -x /usr/bin/python3 ] || apt_install python3
+  local python
+  python=$(base_python)
   local stamp="$venv/.gantry-requirements"
   local want
-  want=$(cat tests/python-requirements.txt tests/python-constraints.txt | sha256sum | cut -d' ' -f1)
+  want=$( (echo "$python"; cat tests/python-requirements.txt tests/python-constraints.txt) | sha256sum | cut -d' ' -f1)
   if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
-  command -v python3 >/dev/null || apt_install python3
-  if [ ! -x "$venv/bin/python" ]; then
-    log "creating the Python venv at $venv"
-    if ! python3 -m venv "$venv" 2>/dev/null; then
-      rm -rf "$venv"
-      apt_install python3-venv
-      python3 -m venv "$venv"
-    fi
+  log "creating the Python venv at $venv from $python"
+  rm -rf "$venv"
+  if ! "$python" -m venv "$venv" 2>/dev/null; then
+    rm -rf "$venv"
+    apt_install python3-venv
+    "$python" -m venv "$venv"
   fi
   log "installing the pinned Globus Compute packages into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     -r tests/python-requirements.txt -c tests/python-constraints.txt
+  chmod -R a+rX "$venv"
   echo "$want" >"$stamp"
 }
 

@@ -94,12 +94,12 @@ def reload() -> dict:
 
 
 def single() -> dict:
-    """One task through the Executor; reports its result or its error."""
+    """Two tasks through the Executor (a sum, and who ran it); reports results or the error."""
     timeout = float(os.environ.get("RESULT_TIMEOUT", "60"))
     with GC.Executor(**executor_kwargs()) as ex:
-        fut = ex.submit(add, 1, 2)
+        fut, who_fut = ex.submit(add, 1, 2), ex.submit(who)
         try:
-            return {"result": fut.result(timeout=timeout), "task_id": fut.task_id}
+            return {"result": fut.result(timeout=timeout), "who": who_fut.result(timeout=timeout), "task_id": fut.task_id}
         except Exception as e:  # noqa: BLE001 - the test checks which
             return {"error": {"type": type(e).__name__, "text": str(e)}, "task_id": fut.task_id}
 
