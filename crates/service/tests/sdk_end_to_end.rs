@@ -205,23 +205,36 @@ async fn a_failed_uep_start_fails_the_waiting_tasks_with_its_reason() {
     let mep = run_mep(&registered, StartBehaviour::Fail(reason.into()), 2.0)
         .await
         .unwrap();
-    let out = sdk(
-        "single",
-        vec![
-            ("GANTRY_TOKEN", token),
-            ("ENDPOINT_ID", registered.endpoint_id.to_string()),
-            (
-                "USER_ENDPOINT_CONFIG",
-                json!({"ACCOUNT_ID": "1"}).to_string(),
-            ),
-        ],
-    )
-    .await;
-    assert_eq!(out["error"]["type"], "TaskExecutionFailed", "{out}");
+    let env = vec![
+        ("GANTRY_TOKEN", token),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        (
+            "USER_ENDPOINT_CONFIG",
+            json!({"ACCOUNT_ID": "1"}).to_string(),
+        ),
+        ("RESULT_TIMEOUT", "30".to_owned()),
+    ];
+    // Both tasks fail with the MEP's reason, whichever side of the failure report each
+    // submit lands on; a second run right after (inside the start-command throttle)
+    // asks the MEP again and fails the same way instead of waiting forever.
+    let first = sdk("single", env.clone()).await;
+    let second = sdk("single", env).await;
+    for out in [&first, &second] {
+        for key in ["result", "who"] {
+            let error = &out["errors"][key];
+            assert_eq!(error["type"], "TaskExecutionFailed", "{key}: {out}");
+            assert!(
+                error["text"].as_str().unwrap().contains(reason),
+                "{key}: {out}"
+            );
+        }
+    }
+    let asked = mep.commands.lock().unwrap().len();
     assert!(
-        out["error"]["text"].as_str().unwrap().contains(reason),
-        "{out}"
+        asked >= 2,
+        "the second run asked the MEP again ({asked} commands)"
     );
+    let out = first;
     let task: Uuid = out["task_id"].as_str().unwrap().parse().unwrap();
     let stored = service.store().task(task).await.unwrap().unwrap();
     assert_eq!(stored.status, TaskStatus::Failed);

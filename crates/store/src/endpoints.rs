@@ -78,15 +78,23 @@ pub struct EndpointRecord {
 }
 
 impl EndpointRecord {
-    /// Online means a heartbeat younger than twice its announced period, and a period
-    /// above zero (zero announces a shutdown).
+    /// Online means a heartbeat younger than twice its announced period, a period above
+    /// zero (zero announces a shutdown), and no start error in the last report.
     pub fn is_online(&self, now_ms: i64) -> bool {
+        if self.start_error().is_some() {
+            return false;
+        }
         match (self.heartbeat_period, self.last_heartbeat_at) {
             (Some(period), Some(at)) if period > 0.0 => {
                 ((now_ms - at) as f64) < 2.0 * period * 1000.0
             }
             _ => false,
         }
+    }
+
+    /// The start failure the last heartbeat reported (`global_state.error`), if any.
+    pub fn start_error(&self) -> Option<&str> {
+        self.global_state.as_ref()?.get("error")?.as_str()
     }
 }
 
@@ -271,19 +279,27 @@ impl Store {
     }
 
     /// Stores a heartbeat. Returns false when the endpoint is unknown.
+    ///
+    /// A report of a failed start (`global_state.error`) also forgets the last start
+    /// request, so that the next submit asks the MEP again at once instead of waiting
+    /// out the throttle with nobody left to run its tasks.
     pub async fn record_heartbeat(
         &self,
         endpoint_id: Uuid,
         heartbeat_period: Option<f64>,
         global_state: &Map<String, Value>,
     ) -> StoreResult<bool> {
+        let failed_start = global_state.get("error").is_some_and(Value::is_string);
         let done = sqlx::query(
             "UPDATE endpoints SET heartbeat_period = $1, last_heartbeat_at = $2, \
-               global_state = $3 WHERE endpoint_id = $4",
+               global_state = $3, \
+               start_requested_at = CASE WHEN $4 = 1 THEN NULL ELSE start_requested_at END \
+             WHERE endpoint_id = $5",
         )
         .bind(heartbeat_period)
         .bind(now_ms())
         .bind(json_text(global_state))
+        .bind(i64::from(failed_start))
         .bind(endpoint_id.to_string())
         .execute(&self.pool)
         .await?;

@@ -180,6 +180,25 @@ async fn endpoints_belong_to_their_client_and_ueps_to_their_mep() {
             !online.is_online(gantry_store::now_ms() + 61_000),
             "{backend}: stale"
         );
+        // A reported start failure: not online, and the next submit may ask again.
+        let mut failed = Map::new();
+        failed.insert("error".into(), "no such local user".into());
+        assert!(
+            !store.claim_start_request(uep_id, 60_000).await.unwrap(),
+            "{backend}: throttled before the failure"
+        );
+        store
+            .record_heartbeat(uep_id, Some(30.0), &failed)
+            .await
+            .unwrap();
+        let failed = store.endpoint(uep_id).await.unwrap().unwrap();
+        assert_eq!(failed.start_error(), Some("no such local user"));
+        assert!(!failed.is_online(gantry_store::now_ms()), "{backend}");
+        assert!(
+            store.claim_start_request(uep_id, 60_000).await.unwrap(),
+            "{backend}: a failed start lifts the throttle"
+        );
+
         store
             .record_heartbeat(uep_id, Some(0.0), &Map::new())
             .await
