@@ -71,14 +71,28 @@ pub fn task_group_queue(identity: Uuid, task_group: Uuid) -> String {
     format!("{}{task_group}", user_queue_prefix(identity))
 }
 
+const ENDPOINT_ACCOUNT_PREFIX: &str = "gantry-ep-";
+const USER_ACCOUNT_PREFIX: &str = "gantry-user-";
+
 /// The broker account name of an endpoint.
 pub fn endpoint_account(ep: Uuid) -> String {
-    format!("gantry-ep-{ep}")
+    format!("{ENDPOINT_ACCOUNT_PREFIX}{ep}")
 }
 
 /// The broker account name of a user (for reading results).
 pub fn user_account(identity: Uuid) -> String {
-    format!("gantry-user-{identity}")
+    format!("{USER_ACCOUNT_PREFIX}{identity}")
+}
+
+/// Whether an account name is one the service provisions (an endpoint's or a user's),
+/// as opposed to an operator's account such as the service's own.
+pub fn is_provisioned_account(name: &str) -> bool {
+    [ENDPOINT_ACCOUNT_PREFIX, USER_ACCOUNT_PREFIX]
+        .iter()
+        .any(|prefix| {
+            name.strip_prefix(prefix)
+                .is_some_and(|id| Uuid::parse_str(id).is_ok())
+        })
 }
 
 fn escape(text: &str) -> String {
@@ -132,6 +146,16 @@ mod tests {
         assert_eq!(sender_of(&format!("{ep}.tasks")), None);
         assert_eq!(sender_of("nonsense.results"), None);
         assert_eq!(sender_of("results"), None);
+    }
+
+    #[test]
+    fn provisioned_accounts_are_told_from_operator_accounts() {
+        let id = Uuid::new_v4();
+        assert!(is_provisioned_account(&endpoint_account(id)));
+        assert!(is_provisioned_account(&user_account(id)));
+        assert!(!is_provisioned_account("guest"));
+        assert!(!is_provisioned_account("gantry-ep-admin"));
+        assert!(!is_provisioned_account(&format!("x-gantry-ep-{id}")));
     }
 
     #[test]

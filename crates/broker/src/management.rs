@@ -144,6 +144,34 @@ impl Management {
         Ok(())
     }
 
+    /// Deletes a virtual host together with the endpoint and user accounts the service
+    /// provisioned in it (the accounts live outside the vhost, so deleting the vhost
+    /// alone would leave them behind). Operator accounts are left alone.
+    pub async fn delete_vhost_and_accounts(&self, vhost: &str) -> Result<(), BrokerError> {
+        let permissions = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/vhosts/{}/permissions", segment(vhost)),
+                None,
+            )
+            .await;
+        let accounts: Vec<String> = match permissions {
+            Ok(Some(serde_json::Value::Array(entries))) => entries
+                .iter()
+                .filter_map(|entry| entry.get("user")?.as_str())
+                .filter(|user| crate::layout::is_provisioned_account(user))
+                .map(str::to_owned)
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(BrokerError::Management { detail, .. }) if detail.starts_with("404") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for account in accounts {
+            self.delete_account(&account).await?;
+        }
+        self.delete_vhost(vhost).await
+    }
+
     /// Creates or updates an account (no management tags: it can only speak AMQP) and
     /// sets exactly `permissions` on `vhost`.
     pub async fn put_account(

@@ -61,14 +61,22 @@ impl Vhost {
             .unwrap()
     }
 
+    /// Deletes the vhost and, with it, the endpoints' accounts (checked).
     async fn drop_all(self, accounts: &[Uuid]) {
+        self.management
+            .delete_vhost_and_accounts(&self.name)
+            .await
+            .unwrap();
         for ep in accounts {
-            self.management
-                .delete_account(&endpoint_account(*ep))
-                .await
-                .unwrap();
+            assert!(
+                !self
+                    .management
+                    .account_exists(&endpoint_account(*ep))
+                    .await
+                    .unwrap(),
+                "the account of {ep} went with its vhost"
+            );
         }
-        self.management.delete_vhost(&self.name).await.unwrap();
     }
 }
 

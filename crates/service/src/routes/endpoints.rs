@@ -43,6 +43,22 @@ fn not_found(endpoint_id: Uuid) -> ApiError {
     )
 }
 
+/// The endpoint named by a path segment, if the caller may see it; otherwise the same
+/// 404 as for an unknown id, so ids of others' endpoints are not confirmed.
+async fn visible_endpoint(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+) -> ApiResult<EndpointRecord> {
+    let endpoint_id = parse_id(raw_id, "endpoint id")?;
+    state
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .filter(|ep| can_use_endpoint(caller, ep))
+        .ok_or_else(|| not_found(endpoint_id))
+}
+
 async fn register(
     state: &AppState,
     caller: &Caller,
@@ -159,13 +175,7 @@ pub async fn get_endpoint(
     caller: Caller,
     Path(endpoint_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
-    let endpoint = state
-        .store
-        .endpoint(endpoint_id)
-        .await?
-        .filter(|ep| can_use_endpoint(&caller, ep))
-        .ok_or_else(|| not_found(endpoint_id))?;
+    let endpoint = visible_endpoint(&state, &caller, &endpoint_id).await?;
     Ok(Json(metadata_view(&endpoint)))
 }
 
@@ -186,13 +196,7 @@ pub async fn endpoint_status(
     caller: Caller,
     Path(endpoint_id): Path<String>,
 ) -> ApiResult<Json<EndpointStatusResponse>> {
-    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
-    let endpoint = state
-        .store
-        .endpoint(endpoint_id)
-        .await?
-        .filter(|ep| can_use_endpoint(&caller, ep))
-        .ok_or_else(|| not_found(endpoint_id))?;
+    let endpoint = visible_endpoint(&state, &caller, &endpoint_id).await?;
     let online = endpoint.is_online(gantry_store::now_ms());
     let mut details: Map<String, Value> = endpoint.global_state.clone().unwrap_or_default();
     details.insert(
@@ -211,13 +215,7 @@ pub async fn allowed_functions(
     caller: Caller,
     Path(endpoint_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
-    let endpoint = state
-        .store
-        .endpoint(endpoint_id)
-        .await?
-        .filter(|ep| can_use_endpoint(&caller, ep))
-        .ok_or_else(|| not_found(endpoint_id))?;
+    let endpoint = visible_endpoint(&state, &caller, &endpoint_id).await?;
     Ok(Json(json!({
         "endpoint_id": endpoint_id,
         "functions": endpoint.allowed_functions.unwrap_or_default(),

@@ -116,9 +116,9 @@ impl TestService {
         let management =
             Management::new(&gantry_testkit::amqp_admin_url()).expect("management URL");
         management
-            .delete_vhost(&self.vhost)
+            .delete_vhost_and_accounts(&self.vhost)
             .await
-            .expect("delete the test vhost");
+            .expect("delete the test vhost and its accounts");
     }
 
     /// A user and their token.
