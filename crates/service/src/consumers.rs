@@ -27,12 +27,24 @@ enum Outcome {
     Retry,
 }
 
-/// Consumes `queue` until shutdown, reconnecting after broker failures.
+/// How many results are handled at once. Each waits on a database commit and then a
+/// broker confirm; one at a time, the consumer would leave both idle most of the time.
+/// Results are independent (one per task), so their order does not matter.
+const RESULTS_IN_FLIGHT: usize = 32;
+
+/// Consumes `queue` until shutdown, reconnecting after broker failures. Results are
+/// handled concurrently (up to [`RESULTS_IN_FLIGHT`]); heartbeats one at a time, in
+/// order, since each overwrites its endpoint's state.
 pub async fn run_consumer(
     state: AppState,
     queue: &'static str,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let limit = if queue == RESULTS_QUEUE {
+        RESULTS_IN_FLIGHT
+    } else {
+        1
+    };
     loop {
         let consumer = match state.broker().await {
             Ok(broker) => {
@@ -43,42 +55,91 @@ pub async fn run_consumer(
             Err(e) => Err(e),
         };
         match consumer {
-            Ok(mut consumer) => loop {
-                let delivery = tokio::select! {
-                    next = consumer.next() => next,
-                    _ = shutdown.changed() => return,
-                };
-                let Some(Ok(delivery)) = delivery else {
-                    tracing::warn!(queue, "the consumer stopped; reconnecting");
-                    break;
-                };
-                let outcome = match queue {
-                    RESULTS_QUEUE => handle_result(&state, &delivery).await,
-                    _ => handle_heartbeat(&state, &delivery).await,
-                };
-                let settled = match outcome {
-                    Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-                    Outcome::Retry => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
+            Ok(mut consumer) => {
+                let mut in_flight = tokio::task::JoinSet::new();
+                let stop = loop {
+                    if in_flight.len() >= limit {
+                        if !settled_cleanly(queue, in_flight.join_next().await) {
+                            break false;
+                        }
+                        continue;
                     }
+                    let delivery = tokio::select! {
+                        next = consumer.next() => next,
+                        done = in_flight.join_next(), if !in_flight.is_empty() => {
+                            if settled_cleanly(queue, done) {
+                                continue;
+                            }
+                            break false;
+                        }
+                        _ = shutdown.changed() => break true,
+                    };
+                    let Some(Ok(delivery)) = delivery else {
+                        tracing::warn!(queue, "the consumer stopped; reconnecting");
+                        break false;
+                    };
+                    in_flight.spawn(handle_and_settle(state.clone(), queue, delivery));
                 };
-                if let Err(error) = settled {
-                    tracing::warn!(%error, queue, "could not settle a delivery; reconnecting");
-                    break;
+                // Let what is in hand finish: its effects are in the database, and an
+                // unsettled delivery would only be redelivered.
+                while let Some(done) = in_flight.join_next().await {
+                    settled_cleanly(queue, Some(done));
                 }
-            },
+                if stop {
+                    return;
+                }
+            }
             Err(error) => tracing::warn!(%error, queue, "cannot consume; retrying in 2 s"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Handles one delivery and acknowledges it, or puts it back after a pause when a
+/// dependency (database, broker) failed.
+async fn handle_and_settle(
+    state: AppState,
+    queue: &'static str,
+    delivery: Delivery,
+) -> Result<(), gantry_broker::lapin::Error> {
+    let outcome = match queue {
+        RESULTS_QUEUE => handle_result(&state, &delivery).await,
+        _ => handle_heartbeat(&state, &delivery).await,
+    };
+    let settled = match outcome {
+        Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Outcome::Retry => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    settled.map(drop)
+}
+
+/// Whether a finished handler settled its delivery; if not, the channel is broken and
+/// the consumer reconnects (the broker redelivers whatever was not acknowledged).
+fn settled_cleanly(
+    queue: &'static str,
+    done: Option<Result<Result<(), gantry_broker::lapin::Error>, tokio::task::JoinError>>,
+) -> bool {
+    match done {
+        None | Some(Ok(Ok(()))) => true,
+        Some(Ok(Err(error))) => {
+            tracing::warn!(%error, queue, "could not settle a delivery; reconnecting");
+            false
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, queue, "a delivery handler panicked; reconnecting");
+            false
         }
     }
 }

@@ -180,6 +180,9 @@ async fn heartbeat(
     Ok(())
 }
 
+/// The most tasks a test UEP takes at once (also its prefetch).
+const TASKS_PER_BATCH: usize = 32;
+
 /// Starts a UEP on the given queues; it runs until stopped.
 pub async fn run_uep(
     creds: AmqpCreds,
@@ -188,7 +191,11 @@ pub async fn run_uep(
 ) -> anyhow::Result<RunningUep> {
     let broker = Broker::connect(&creds.task_queue_info.connection_url).await?;
     let mut consumer = broker
-        .consume(&creds.task_queue_info.queue, "test-uep", 32)
+        .consume(
+            &creds.task_queue_info.queue,
+            "test-uep",
+            TASKS_PER_BATCH as u16,
+        )
         .await?;
     let (result_exchange, result_key) = publish_target(&creds.result_queue_info)?;
     heartbeat(
@@ -221,38 +228,57 @@ pub async fn run_uep(
             let Some(delivery) = delivery else {
                 bail!("the task queue consumer ended")
             };
-            let delivery = delivery?;
-            let task = match Message::unpack(&delivery.data)? {
-                Message::Task(task) => task,
-                other => bail!("unexpected {} on the task queue", other.message_type()),
-            };
-            let (data, error_details) = match worker.as_mut() {
-                Some(worker) => worker.run(task.task_id, &task.task_buffer).await?,
-                None => (serialize_json(&Value::Null), None),
-            };
-            let result = Message::Result(TaskResult {
-                task_id: task.task_id,
-                data,
-                details: Some(
-                    json!({"endpoint_id": endpoint_id})
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default(),
-                ),
-                error_details,
-                task_statuses: None,
-            })
-            .pack();
-            broker
-                .publish_confirmed(&[Outgoing {
+            // Take whatever else is already delivered (up to the prefetch), answer it all,
+            // and publish the results with one round of confirms, as a busy UEP batches.
+            let mut batch = vec![delivery?];
+            while batch.len() < TASKS_PER_BATCH {
+                match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(Some(delivery)) => batch.push(delivery?),
+                    Some(None) => bail!("the task queue consumer ended"),
+                    None => break,
+                }
+            }
+            let mut results = Vec::with_capacity(batch.len());
+            for delivery in &batch {
+                let task = match Message::unpack(&delivery.data)? {
+                    Message::Task(task) => task,
+                    other => bail!("unexpected {} on the task queue", other.message_type()),
+                };
+                let (data, error_details) = match worker.as_mut() {
+                    Some(worker) => worker.run(task.task_id, &task.task_buffer).await?,
+                    None => (serialize_json(&Value::Null), None),
+                };
+                results.push(
+                    Message::Result(TaskResult {
+                        task_id: task.task_id,
+                        data,
+                        details: Some(
+                            json!({"endpoint_id": endpoint_id})
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default(),
+                        ),
+                        error_details,
+                        task_statuses: None,
+                    })
+                    .pack(),
+                );
+            }
+            let outgoing: Vec<Outgoing> = results
+                .iter()
+                .map(|body| Outgoing {
                     exchange: &result_exchange,
                     routing_key: &result_key,
-                    body: &result,
+                    body,
                     properties: BasicProperties::default(),
-                }])
-                .await?;
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })
+                .collect();
+            broker.publish_confirmed(&outgoing).await?;
+            // Only now are the results safe with the broker: acknowledge the tasks.
+            for delivery in &batch {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            counter.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
         }
         heartbeat(
             &broker,
