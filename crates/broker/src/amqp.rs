@@ -174,9 +174,23 @@ impl Broker {
         Ok(())
     }
 
-    /// Publishes messages and waits for the broker to confirm all of them. Returns the
-    /// error of the first that was refused or could not be routed.
+    /// Publishes every message (persistent, mandatory) and waits for the broker's
+    /// confirms; fails with the first message that was refused or could not be routed.
     pub async fn publish_confirmed(&self, messages: &[Outgoing<'_>]) -> Result<(), BrokerError> {
+        self.publish_confirmed_each(messages)
+            .await?
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// Like [`Broker::publish_confirmed`], but says what became of each message, in
+    /// order, so that one unroutable message does not hold back the others. The outer
+    /// error means the connection failed and nothing is known of any message.
+    pub async fn publish_confirmed_each(
+        &self,
+        messages: &[Outgoing<'_>],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let properties = message.properties.clone().with_delivery_mode(2);
@@ -195,10 +209,10 @@ impl Broker {
                 .await?;
             pending.push((confirm, message.exchange, message.routing_key));
         }
-        let mut first_error = None;
+        let mut outcomes = Vec::with_capacity(pending.len());
         for (confirm, exchange, routing_key) in pending {
-            let outcome = match confirm.await? {
-                Confirmation::Ack(None) => Ok(()),
+            outcomes.push(match confirm.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
                     exchange: exchange.to_owned(),
                     routing_key: routing_key.to_owned(),
@@ -207,15 +221,9 @@ impl Broker {
                     exchange: exchange.to_owned(),
                     routing_key: routing_key.to_owned(),
                 }),
-                Confirmation::NotRequested => Ok(()),
-            };
-            if let Err(e) = outcome
-                && first_error.is_none()
-            {
-                first_error = Some(e);
-            }
+            });
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(outcomes)
     }
 
     /// Starts consuming `queue` on a channel of its own with at most `prefetch`

@@ -13,7 +13,7 @@ use gantry_protocol::messagepack::{Message, TaskState};
 use gantry_store::StoredResult;
 use uuid::Uuid;
 
-use crate::dispatch::forward_result;
+use crate::dispatch::{forward_failures, forward_result};
 use crate::state::AppState;
 
 /// The code of results the service makes for tasks whose UEP could not start.
@@ -268,13 +268,7 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
             .fail_pending_tasks(subject, START_FAILED_CODE, &message)
             .await
         {
-            Ok(failed) => {
-                for task in &failed {
-                    if let Err(error) = forward_result(state, task).await {
-                        tracing::warn!(%error, task_id = %task.task_id, "could not forward a failure");
-                    }
-                }
-            }
+            Ok(failed) => forward_failures(state, &failed).await,
             Err(error) => {
                 tracing::error!(%error, "cannot fail the tasks of a failed endpoint; will retry");
                 return Outcome::Retry;

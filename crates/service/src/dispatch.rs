@@ -72,12 +72,69 @@ pub async fn publish_tasks(
             properties: properties.clone(),
         })
         .collect();
-    state.broker().await?.publish_confirmed(&outgoing).await?;
-    if let Err(error) = state.store.mark_enqueued(&sent).await {
-        // The tasks are on the broker; the worst case is that they are sent again.
-        tracing::warn!(%error, tasks = sent.len(), "could not clear the outbox after publishing");
+    let outcomes = state
+        .broker()
+        .await?
+        .publish_confirmed_each(&outgoing)
+        .await?;
+    let mut confirmed = Vec::with_capacity(sent.len());
+    let mut unroutable = Vec::new();
+    let mut first_error = None;
+    for (task_id, outcome) in sent.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => confirmed.push(task_id),
+            Err(gantry_broker::BrokerError::Unroutable { .. }) => unroutable.push(task_id),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
     }
-    Ok(())
+    if let Err(error) = state.store.mark_enqueued(&confirmed).await {
+        // The tasks are on the broker; the worst case is that they are sent again.
+        tracing::warn!(%error, tasks = confirmed.len(), "could not clear the outbox after publishing");
+    }
+    if !unroutable.is_empty() {
+        // No queue takes these any more: their endpoint was deleted. Sending them again
+        // would never succeed, so they fail, and their submitters hear why.
+        tracing::warn!(
+            tasks = unroutable.len(),
+            "tasks for a deleted endpoint; failing them"
+        );
+        match state
+            .store
+            .fail_unfinished_tasks(
+                &unroutable,
+                ENDPOINT_DELETED_CODE,
+                "the endpoint no longer exists (it was deleted)",
+            )
+            .await
+        {
+            Ok(failed) => forward_failures(state, &failed).await,
+            Err(error) => tracing::warn!(%error, "could not fail tasks of a deleted endpoint"),
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The error code of tasks whose endpoint was deleted before they ran.
+pub const ENDPOINT_DELETED_CODE: &str = "ENDPOINT_DELETED";
+
+/// Forwards failures the service itself decided (see `Store::fail_pending_tasks`) and
+/// records which arrived; the outbox retries the rest.
+pub async fn forward_failures(state: &AppState, tasks: &[TaskRecord]) {
+    let mut forwarded = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match forward_result(state, task).await {
+            Ok(()) => forwarded.push(task.task_id),
+            Err(error) => {
+                tracing::warn!(%error, task_id = %task.task_id, "could not forward a failure; will retry");
+                break;
+            }
+        }
+    }
+    if let Err(error) = state.store.mark_forwarded(&forwarded).await {
+        tracing::warn!(%error, "could not record forwarded failures; they may be sent twice");
+    }
 }
 
 /// Publishes a start command on a MEP's command queue.
@@ -173,21 +230,36 @@ pub async fn forward_result(
 /// being published by the submit that stored them.
 const OUTBOX_GRACE_MS: i64 = 15_000;
 
+/// The most unsent tasks the outbox reads and sends in one pass.
+const OUTBOX_BATCH: usize = 500;
+
 /// Re-sends the outbox every few seconds until the service stops: tasks stored while
-/// the broker was away, or before a crash, reach their endpoints once it is back.
+/// the broker was away, or before a crash, reach their endpoints once it is back, and
+/// failures the service decided reach their submitters.
 pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         match state
             .store
-            .unsent_tasks(gantry_store::now_ms() - OUTBOX_GRACE_MS)
+            .unforwarded_failures(gantry_store::now_ms() - OUTBOX_GRACE_MS, OUTBOX_BATCH)
+            .await
+        {
+            Ok(failures) if !failures.is_empty() => forward_failures(&state, &failures).await,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "outbox: cannot read unforwarded failures"),
+        }
+        match state
+            .store
+            .unsent_tasks(gantry_store::now_ms() - OUTBOX_GRACE_MS, OUTBOX_BATCH)
             .await
         {
             Ok(tasks) if !tasks.is_empty() => {
-                for chunk in tasks.chunks(500) {
-                    if let Err(error) = publish_tasks(&state, chunk).await {
-                        tracing::warn!(%error, pending = tasks.len(), "outbox: tasks wait for the broker");
-                        break;
-                    }
+                if let Err(error) = publish_tasks(&state, &tasks).await {
+                    tracing::warn!(%error, tasks = tasks.len(), "outbox: tasks wait for the broker");
+                } else if tasks.len() == OUTBOX_BATCH {
+                    continue; // more may be waiting: send them now
                 }
             }
             Ok(_) => {}

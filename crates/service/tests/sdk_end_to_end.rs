@@ -306,3 +306,64 @@ async fn tasks_and_results_survive_a_service_restart() {
         service.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_endpoint_fails_its_waiting_tasks() {
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, token) = service.user("dave@example.org").await;
+    let (_, client_token) = service.endpoint_client("site").await;
+    // A plain endpoint that never comes online: its tasks wait in its queue.
+    let registered = register(&service.url(), &client_token, &registration("idle", false))
+        .await
+        .unwrap();
+    let env = vec![
+        ("GANTRY_TOKEN", token),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        ("RESULT_TIMEOUT", "60".to_owned()),
+    ];
+    let submitter = tokio::spawn(sdk("single", env));
+    // Wait until both tasks are stored and waiting, then delete the endpoint.
+    let waiting = loop {
+        let endpoints = service.store().endpoint(registered.endpoint_id).await;
+        assert!(endpoints.unwrap().is_some());
+        let tasks = service
+            .store()
+            .unfinished_task_count(registered.endpoint_id)
+            .await
+            .unwrap();
+        if tasks == 2 {
+            break tasks;
+        }
+        assert!(
+            !submitter.is_finished(),
+            "the SDK gave up before submitting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(waiting, 2);
+    let deleted = reqwest::Client::new()
+        .delete(format!(
+            "{}/v2/endpoints/{}",
+            service.url(),
+            registered.endpoint_id
+        ))
+        .bearer_auth(&client_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{deleted:?}");
+
+    let out = submitter.await.unwrap();
+    for key in ["result", "who"] {
+        let error = &out["errors"][key];
+        assert_eq!(error["type"], "TaskExecutionFailed", "{key}: {out}");
+        assert!(
+            error["text"].as_str().unwrap().contains("was deleted"),
+            "{key}: {out}"
+        );
+    }
+    let task: Uuid = out["task_id"].as_str().unwrap().parse().unwrap();
+    let stored = service.store().task(task).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Failed);
+    service.stop().await;
+}

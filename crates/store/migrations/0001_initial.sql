@@ -97,8 +97,15 @@ CREATE TABLE tasks (
     details TEXT,
     task_statuses TEXT,
     created_at BIGINT NOT NULL,
-    completed_at BIGINT
+    completed_at BIGINT,
+    -- 1 while a failure the service itself decided (a UEP that could not start, an
+    -- endpoint that was deleted) still has to reach the submitter's result queue:
+    -- unlike an endpoint's result, no broker delivery stands behind it.
+    forward_pending BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX tasks_by_group ON tasks (task_group_id, seq);
 CREATE INDEX tasks_by_endpoint_status ON tasks (endpoint_id, status);
-CREATE INDEX tasks_unsent ON tasks (status, task_buffer);
+-- The outbox sweep: only rows still holding their message, oldest first. (Not an index
+-- over task_buffer itself: PostgreSQL caps an index entry at 2704 bytes.)
+CREATE INDEX tasks_unsent ON tasks (created_at) WHERE task_buffer IS NOT NULL;
+CREATE INDEX tasks_unforwarded ON tasks (completed_at) WHERE forward_pending = 1;

@@ -179,7 +179,7 @@ impl Store {
         let allowed = registration.allowed_functions.as_ref().map(json_text);
         let metadata = json_text(&registration.metadata);
         let flag = |b: bool| i64::from(b);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT owner_identity_id, parent_endpoint_id FROM endpoints WHERE endpoint_id = $1",
         )
@@ -317,7 +317,7 @@ impl Store {
 
     /// Deletes an endpoint and its user endpoints. Tasks and results stay readable.
     pub async fn delete_endpoint(&self, endpoint_id: Uuid) -> StoreResult<Vec<Uuid>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let children: Vec<String> =
             sqlx::query_scalar("SELECT endpoint_id FROM endpoints WHERE parent_endpoint_id = $1")
                 .bind(endpoint_id.to_string())

@@ -155,7 +155,7 @@ impl Store {
 
     /// Creates a user and a first token for them; the token is returned once, never stored.
     pub async fn add_user(&self, username: &str) -> StoreResult<(Identity, String)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let identity = self
             .insert_identity(&mut tx, username, IdentityKind::User)
             .await?;
@@ -271,7 +271,7 @@ impl Store {
 
     /// Creates an endpoint client; the secret is returned once, never stored.
     pub async fn add_endpoint_client(&self, name: &str) -> StoreResult<(EndpointClient, String)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let identity = self
             .insert_identity(&mut tx, name, IdentityKind::Client)
             .await?;

@@ -260,7 +260,7 @@ impl Store {
     ) -> StoreResult<SubmittedBatch> {
         let request_id = Uuid::new_v4();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let created = sqlx::query(
             "INSERT INTO task_groups (task_group_id, owner_identity_id, created_at) \
              VALUES ($1, $2, $3) ON CONFLICT (task_group_id) DO NOTHING",
@@ -346,14 +346,21 @@ impl Store {
         Ok(())
     }
 
-    /// Unfinished tasks submitted before `created_before` (ms) whose message never
-    /// reached the broker (a broker outage, or a crash between store and publish).
-    pub async fn unsent_tasks(&self, created_before: i64) -> StoreResult<Vec<TaskRecord>> {
+    /// Up to `limit` unfinished tasks submitted before `created_before` (ms) whose
+    /// message never reached the broker (a broker outage, or a crash between store and
+    /// publish), oldest first. Bounded, so a long outage's backlog is sent in pieces
+    /// rather than read into memory at once.
+    pub async fn unsent_tasks(
+        &self,
+        created_before: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<TaskRecord>> {
         sqlx::query(
             "SELECT * FROM tasks WHERE task_buffer IS NOT NULL AND status = 'waiting-for-ep' \
-               AND created_at < $1 ORDER BY created_at, seq",
+               AND created_at < $1 ORDER BY created_at, seq LIMIT $2",
         )
         .bind(created_before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -431,6 +438,17 @@ impl Store {
             .filter(|t| t.endpoint_id == endpoint_id))
     }
 
+    /// How many of an endpoint's tasks are unfinished (waiting or running).
+    pub async fn unfinished_task_count(&self, endpoint_id: Uuid) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE endpoint_id = $1 \
+               AND status IN ('waiting-for-ep', 'running')",
+        )
+        .bind(endpoint_id.to_string())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Marks tasks an endpoint reported running.
     pub async fn mark_running(&self, endpoint_id: Uuid, task_ids: &[Uuid]) -> StoreResult<()> {
         for task_id in task_ids {
@@ -446,45 +464,104 @@ impl Store {
         Ok(())
     }
 
-    /// Fails every unfinished task of an endpoint with `message` (its start failed), and
-    /// returns them so the caller can tell their submitters.
+    /// Fails every unfinished task of an endpoint with `message` (its start failed, or
+    /// it was deleted), and returns them so the caller can tell their submitters. One
+    /// statement, so a task whose real result lands meanwhile is either failed here or
+    /// completed there, never both. The failures stay marked until
+    /// [`Store::mark_forwarded`] says they reached their submitters.
     pub async fn fail_pending_tasks(
         &self,
         endpoint_id: Uuid,
         code: &str,
         message: &str,
     ) -> StoreResult<Vec<TaskRecord>> {
-        let mut tx = self.pool.begin().await?;
-        let pending: Vec<String> = sqlx::query_scalar(
-            "SELECT task_id FROM tasks WHERE endpoint_id = $1 \
-               AND status IN ('waiting-for-ep', 'running')",
-        )
-        .bind(endpoint_id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
         let error = serde_json::json!({"code": code, "user_message": message}).to_string();
-        let now = now_ms();
-        for task_id in &pending {
-            sqlx::query(
+        sqlx::query(
+            "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
+               completed_at = $3, task_buffer = NULL, forward_pending = 1 \
+             WHERE endpoint_id = $4 AND status IN ('waiting-for-ep', 'running') \
+             RETURNING *",
+        )
+        .bind(message)
+        .bind(&error)
+        .bind(now_ms())
+        .bind(endpoint_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(task_from_row)
+        .collect()
+    }
+
+    /// Fails those of `task_ids` that are unfinished, as [`Store::fail_pending_tasks`]
+    /// does for a whole endpoint, and returns them.
+    pub async fn fail_unfinished_tasks(
+        &self,
+        task_ids: &[Uuid],
+        code: &str,
+        message: &str,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        let error = serde_json::json!({"code": code, "user_message": message}).to_string();
+        let mut failed = Vec::with_capacity(task_ids.len());
+        for chunk in task_ids.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (4..4 + chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
                 "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
-                   completed_at = $3, task_buffer = NULL \
-                 WHERE task_id = $4 AND status IN ('waiting-for-ep', 'running')",
-            )
-            .bind(message)
-            .bind(&error)
-            .bind(now)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        let mut failed = Vec::with_capacity(pending.len());
-        for task_id in pending {
-            if let Some(task) = self.task(parse_uuid(&task_id, "task id")?).await? {
-                failed.push(task);
+                   completed_at = $3, task_buffer = NULL, forward_pending = 1 \
+                 WHERE status IN ('waiting-for-ep', 'running') AND task_id IN ({}) \
+                 RETURNING *",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(message)
+                .bind(&error)
+                .bind(now_ms());
+            for task_id in chunk {
+                query = query.bind(task_id.to_string());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                failed.push(task_from_row(&row)?);
             }
         }
         Ok(failed)
+    }
+
+    /// Records that these tasks' failures reached their submitters' queues.
+    pub async fn mark_forwarded(&self, task_ids: &[Uuid]) -> StoreResult<()> {
+        for chunk in task_ids.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE tasks SET forward_pending = 0 WHERE task_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for task_id in chunk {
+                query = query.bind(task_id.to_string());
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` failures the service made that completed before `completed_before`
+    /// (ms) and have not reached their submitters yet (the broker was away, or the
+    /// service stopped in between), oldest first.
+    pub async fn unforwarded_failures(
+        &self,
+        completed_before: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        sqlx::query(
+            "SELECT * FROM tasks WHERE forward_pending = 1 AND completed_at < $1 \
+             ORDER BY completed_at LIMIT $2",
+        )
+        .bind(completed_before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(task_from_row)
+        .collect()
     }
 }
 

@@ -249,11 +249,25 @@ async fn submits_results_and_failures_persist_across_reconnects() {
 
         let endpoint_id = Uuid::new_v4();
         let group = Uuid::new_v4();
+        // Task 8 is large and incompressible, as dill-serialized arguments are: 2 MB
+        // of pseudo-random hex (an index over the buffer would refuse it on PostgreSQL).
+        let large: String = (0..65_536u64)
+            .map(|i| {
+                format!(
+                    "{:032x}",
+                    u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                )
+            })
+            .collect();
         let tasks: Vec<NewTask> = (0..450)
             .map(|i| NewTask {
                 task_id: Uuid::new_v4(),
                 function_id,
-                task_buffer: format!("payload-{i}-é"),
+                task_buffer: if i == 8 {
+                    large.clone()
+                } else {
+                    format!("payload-{i}-é")
+                },
             })
             .collect();
         let spec = json!({"num_nodes": 2});
@@ -299,15 +313,24 @@ async fn submits_results_and_failures_persist_across_reconnects() {
             "{backend}: order"
         );
         assert_eq!(stored[7].task_buffer.as_deref(), Some("payload-7-é"));
+        assert_eq!(stored[8].task_buffer.as_deref(), Some(large.as_str()));
         assert_eq!(stored[0].resource_specification, Some(spec.clone()));
-        assert_eq!(store.unsent_tasks(i64::MAX).await.unwrap().len(), 450);
+        assert_eq!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(), 450);
+        let first_100: Vec<Uuid> = store
+            .unsent_tasks(i64::MAX, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.task_id)
+            .collect();
+        assert_eq!(first_100, ids[..100], "{backend}: oldest first, bounded");
         assert!(
-            store.unsent_tasks(0).await.unwrap().is_empty(),
+            store.unsent_tasks(0, 1000).await.unwrap().is_empty(),
             "{backend}: too young"
         );
         store.mark_enqueued(&ids[..400]).await.unwrap();
         assert_eq!(
-            store.unsent_tasks(i64::MAX).await.unwrap().len(),
+            store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(),
             50,
             "{backend}"
         );
@@ -363,7 +386,36 @@ async fn submits_results_and_failures_persist_across_reconnects() {
             error_details_of(&failed[0]),
             Some(("EndpointStartFailed".into(), "no such account".into()))
         );
-        assert!(store.unsent_tasks(i64::MAX).await.unwrap().is_empty());
+        assert!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().is_empty());
+        // The service's own failures wait to be forwarded until marked.
+        let unforwarded = store.unforwarded_failures(i64::MAX, 1000).await.unwrap();
+        assert_eq!(unforwarded.len(), 449, "{backend}");
+        assert!(
+            store
+                .unforwarded_failures(0, 1000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let forwarded: Vec<Uuid> = unforwarded[..400].iter().map(|t| t.task_id).collect();
+        store.mark_forwarded(&forwarded).await.unwrap();
+        assert_eq!(
+            store
+                .unforwarded_failures(i64::MAX, 1000)
+                .await
+                .unwrap()
+                .len(),
+            49,
+            "{backend}"
+        );
+        assert!(
+            store
+                .fail_unfinished_tasks(&ids[..10], "ENDPOINT_DELETED", "gone")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend}: finished tasks stay as they are"
+        );
         // A late result does not overwrite a finished task.
         store.store_result(ids[1], endpoint_id, &ok).await.unwrap();
         assert_eq!(

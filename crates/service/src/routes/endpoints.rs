@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
 use crate::queues::provision_endpoint;
@@ -273,6 +274,18 @@ pub async fn delete_endpoint(
         cleanup_broker(&state, uep.endpoint_id, false).await;
     }
     cleanup_broker(&state, endpoint.endpoint_id, endpoint.multi_user).await;
+    // Tasks still waiting would wait forever: fail them, and tell their submitters.
+    for removed_id in &removed {
+        let failed = state
+            .store
+            .fail_pending_tasks(
+                *removed_id,
+                dispatch::ENDPOINT_DELETED_CODE,
+                &format!("the endpoint {removed_id} was deleted before the task ran"),
+            )
+            .await?;
+        dispatch::forward_failures(&state, &failed).await;
+    }
     Ok((
         StatusCode::OK,
         Json(json!({"result": 302, "removed": removed})),
