@@ -10,10 +10,13 @@
 //! - integers in plain decimal; other numbers in the shortest form that reads back to
 //!   the same `f64`, as the `ryu` crate writes it (`1.0`, `0.1`, `1e16`, `1e-7`).
 //!
-//! For values without non-integral numbers this is byte-for-byte what Python writes with
+//! For values without floats this is byte-for-byte what Python writes with
 //! `json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
-//! Floats differ from Python in exponents only (`1e16` here, `1e+16` there); the form is
-//! fixed here regardless of which serde_json features other crates turn on.
+//! Floats may be written differently (`1e16` here, `1e+16` there; `1e-5` here, `1e-05`
+//! there; `-0.0` for Python's `-0.0` but also for an input `-0`); the form is fixed here
+//! regardless of which serde_json features other crates turn on. Integers beyond 64
+//! bits arrive as floats and lose their identity; the service refuses such numbers in
+//! a user endpoint config rather than let two configs share a UEP.
 
 use serde_json::Value;
 

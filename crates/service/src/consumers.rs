@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use gantry_broker::lapin::message::Delivery;
-use gantry_broker::lapin::options::{BasicAckOptions, BasicNackOptions};
+use gantry_broker::lapin::options::BasicAckOptions;
 use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of, task_queue};
 use gantry_protocol::messagepack::{Message, TaskState};
 use gantry_store::StoredResult;
@@ -18,12 +18,14 @@ use crate::state::AppState;
 
 /// The code of results the service makes for tasks whose UEP could not start.
 pub const START_FAILED_CODE: &str = "ENDPOINT_START_FAILED";
+/// The code of results the service makes for a result it cannot store.
+pub const INVALID_RESULT_CODE: &str = "INVALID_RESULT";
 
 /// What to do with a delivery once handled.
 enum Outcome {
     /// Done (or worthless): acknowledge.
     Ack,
-    /// A dependency failed: put it back and try again later.
+    /// A dependency failed: try again after a pause.
     Retry,
 }
 
@@ -78,7 +80,12 @@ pub async fn run_consumer(
                         tracing::warn!(queue, "the consumer stopped; reconnecting");
                         break false;
                     };
-                    in_flight.spawn(handle_and_settle(state.clone(), queue, delivery));
+                    in_flight.spawn(handle_and_settle(
+                        state.clone(),
+                        queue,
+                        delivery,
+                        shutdown.clone(),
+                    ));
                 };
                 // Let what is in hand finish: its effects are in the database, and an
                 // unsettled delivery would only be redelivered.
@@ -98,31 +105,39 @@ pub async fn run_consumer(
     }
 }
 
-/// Handles one delivery and acknowledges it, or puts it back after a pause when a
-/// dependency (database, broker) failed.
+/// Handles one delivery and acknowledges it. When a dependency (database, broker)
+/// fails, it tries again in place, backing off up to 30 s, rather than requeueing:
+/// a requeued heartbeat would be applied after newer ones from the same endpoint. On
+/// shutdown it leaves the delivery unsettled, and the broker redelivers it later.
 async fn handle_and_settle(
     state: AppState,
     queue: &'static str,
     delivery: Delivery,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), gantry_broker::lapin::Error> {
-    let outcome = match queue {
-        RESULTS_QUEUE => handle_result(&state, &delivery).await,
-        _ => handle_heartbeat(&state, &delivery).await,
-    };
-    let settled = match outcome {
-        Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Outcome::Retry => {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let outcome = match queue {
+            RESULTS_QUEUE => handle_result(&state, &delivery).await,
+            _ => handle_heartbeat(&state, &delivery).await,
+        };
+        match outcome {
+            Outcome::Ack => {
+                return delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(drop);
+            }
+            Outcome::Retry => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
         }
-    };
-    settled.map(drop)
+    }
 }
 
 /// Whether a finished handler settled its delivery; if not, the channel is broken and
@@ -156,13 +171,33 @@ async fn handle_result(state: &AppState, delivery: &Delivery) -> Outcome {
             return Outcome::Ack;
         }
     };
-    let stored = StoredResult {
-        data: result.data,
-        error: result.error_details.map(|e| (e.code, e.user_message)),
-        details: result.details,
-        task_statuses: result
-            .task_statuses
-            .map(|t| serde_json::to_value(t).unwrap_or_default()),
+    let error = result.error_details.map(|e| (e.code, e.user_message));
+    let has_nul = result.data.contains('\0')
+        || error
+            .as_ref()
+            .is_some_and(|(code, message)| code.contains('\0') || message.contains('\0'));
+    let stored = if has_nul {
+        // PostgreSQL cannot store it, and retrying would loop forever: the task fails
+        // with the reason instead. (The official serializers never write a NUL.)
+        let message = format!(
+            "the endpoint {sender} sent a result with a NUL character, which cannot be stored"
+        );
+        tracing::warn!(task_id = %result.task_id, endpoint_id = %sender, "result with a NUL character");
+        StoredResult {
+            data: message.clone(),
+            error: Some((INVALID_RESULT_CODE.to_owned(), message)),
+            details: None,
+            task_statuses: None,
+        }
+    } else {
+        StoredResult {
+            data: result.data,
+            error,
+            details: result.details,
+            task_statuses: result
+                .task_statuses
+                .map(|t| serde_json::to_value(t).unwrap_or_default()),
+        }
     };
     let task = match state
         .store

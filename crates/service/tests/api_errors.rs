@@ -575,6 +575,28 @@ async fn the_client_credentials_grant_issues_one_token_per_resource_server() {
     assert_eq!(info["sub"], client.client_id.to_string());
     assert_eq!(info["identity_set"][0]["sub"], client.client_id.to_string());
 
+    // The auth API's token reads userinfo, but the compute API refuses it.
+    let auth_token = tokens["other_tokens"][0]["access_token"].as_str().unwrap();
+    let auth_info = http
+        .get(format!("{}/v2/oauth2/userinfo", service.url()))
+        .bearer_auth(auth_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(auth_info.status(), StatusCode::OK);
+    let api = Api::new(&service);
+    assert_error(
+        &api.post(
+            "/v3/endpoints",
+            auth_token,
+            json!({"endpoint_name": "ep", "multi_user": false}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "WRONG_RESOURCE_SERVER",
+    );
+    register_endpoint(&api, access, false, false).await;
+
     let wrong = http
         .post(&token_url)
         .basic_auth(client.client_id, Some("gts_wrong"))
@@ -591,5 +613,125 @@ async fn the_client_credentials_grant_issues_one_token_per_resource_server() {
         .await
         .unwrap();
     assert_eq!(grant.status(), StatusCode::BAD_REQUEST);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_can_take_over_a_users_uep() {
+    let service = TestService::start(Backend::Sqlite, false).await;
+    let api = Api::new(&service);
+    let (alice_id, alice) = service.user("alice@example.org").await;
+    let (_, bob) = service.user("bob@example.org").await;
+    let (_, site) = service.endpoint_client("site").await;
+    let (_, rogue) = service.endpoint_client("rogue").await;
+    let mep = register_endpoint(&api, &site, true, false).await;
+    let mep_id: Uuid = mep["endpoint_id"].as_str().unwrap().parse().unwrap();
+
+    // Users do not register endpoints (and get no broker credentials that way).
+    assert_error(
+        &api.post(
+            "/v3/endpoints",
+            &alice,
+            json!({"endpoint_name": "mine", "multi_user": false}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "CLIENT_TOKEN_REQUIRED",
+    );
+    // A client cannot claim the id that alice's UEP will have.
+    let config = json!({"ACCOUNT_ID": "1"});
+    let predicted = gantry_protocol::uep_id::derive_uep_id(
+        mep_id,
+        alice_id,
+        config.as_object().unwrap(),
+        "3.11",
+    );
+    for (method, path) in [
+        (reqwest::Method::POST, "/v3/endpoints".to_owned()),
+        (reqwest::Method::PUT, format!("/v3/endpoints/{predicted}")),
+    ] {
+        assert_error(
+            &api.call(
+                method,
+                &path,
+                Some(&rogue),
+                Some(
+                    json!({"endpoint_name": "trap", "endpoint_id": predicted, "multi_user": false}),
+                ),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ENDPOINT_ID",
+        );
+    }
+    assert!(service.store().endpoint(predicted).await.unwrap().is_none());
+
+    // Alice's submit makes her UEP, under her MEP.
+    let function = register_function(&api, &alice).await;
+    let submit = json!({
+        "tasks": {function.clone(): [payload()]},
+        "user_endpoint_config": config,
+        "user_runtime": {"python": {"version": "3.11.7", "version_tuple": [3, 11, 7]}},
+    });
+    let (status, body) = api
+        .post(&format!("/v3/endpoints/{mep_id}/submit"), &alice, submit)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let uep = service.store().endpoint(predicted).await.unwrap().unwrap();
+    assert_eq!(uep.uep.as_ref().unwrap().user_identity_id, alice_id);
+
+    // Submitting straight to the UEP would skip its MEP's lock and allowed functions.
+    assert_error(
+        &api.post(
+            &format!("/v3/endpoints/{predicted}/submit"),
+            &alice,
+            json!({"tasks": {function.clone(): [payload()]}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "SUBMIT_TO_MEP",
+    );
+
+    // A refused submit creates nothing: bob naming alice's task group gets no UEP.
+    let group = body["task_group_id"].as_str().unwrap();
+    let bob_function = register_function(&api, &bob).await;
+    assert_error(
+        &api.post(
+            &format!("/v3/endpoints/{mep_id}/submit"),
+            &bob,
+            json!({"task_group_id": group, "tasks": {bob_function: [payload()]}, "user_endpoint_config": {"ACCOUNT_ID": "2"}}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "TASK_GROUP_NOT_FOUND",
+    );
+    assert_eq!(
+        service.store().ueps_of(mep_id).await.unwrap().len(),
+        1,
+        "only alice's UEP exists"
+    );
+
+    // Numbers that JSON cannot keep apart are refused in a config.
+    assert_error(
+        &api.post(
+            &format!("/v3/endpoints/{mep_id}/submit"),
+            &alice,
+            json!({"tasks": {function.clone(): [payload()]}, "user_endpoint_config": {"ACCOUNT_ID": 1e300}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_USER_ENDPOINT_CONFIG",
+    );
+    // Text with NUL characters is refused before anything is stored.
+    assert_error(
+        &api.post(
+            "/v3/functions",
+            &alice,
+            json!({"function_name": "a\u{0}b", "function_code": function_code()}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_BODY",
+    );
     service.stop().await;
 }

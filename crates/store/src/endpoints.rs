@@ -235,7 +235,9 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("endpoint {endpoint_id} vanished")))
     }
 
-    /// The user endpoint with this id, created from `binding` if it is new.
+    /// The user endpoint with this id, created from `binding` if it is new. Refuses
+    /// (as a conflict) an id held by anything but this user's UEP under this MEP, so a
+    /// user's tasks can only ever reach the UEP made for them.
     pub async fn ensure_uep(
         &self,
         uep_id: Uuid,
@@ -246,7 +248,8 @@ impl Store {
                high_assurance, metadata, parent_endpoint_id, user_identity_id, user_config, \
                user_runtime, locked, created_at) \
              VALUES ($1, $2, $3, 0, 0, 0, '{}', $4, $2, $5, $6, 0, $7) \
-             ON CONFLICT (endpoint_id) DO UPDATE SET user_runtime = $6",
+             ON CONFLICT (endpoint_id) DO UPDATE SET user_runtime = $6 \
+               WHERE endpoints.parent_endpoint_id = $4 AND endpoints.user_identity_id = $2",
         )
         .bind(uep_id.to_string())
         .bind(binding.user_identity_id.to_string())
@@ -257,9 +260,19 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        self.endpoint(uep_id)
+        let uep = self
+            .endpoint(uep_id)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user endpoint {uep_id} vanished")))
+            .ok_or_else(|| StoreError::NotFound(format!("user endpoint {uep_id} vanished")))?;
+        let bound_here = uep.uep.as_ref().is_some_and(|u| {
+            u.mep_id == binding.mep_id && u.user_identity_id == binding.user_identity_id
+        });
+        if !bound_here {
+            return Err(StoreError::Conflict(format!(
+                "endpoint id {uep_id} is held by another endpoint"
+            )));
+        }
+        Ok(uep)
     }
 
     /// Records that a start command went out for this UEP, unless one went out less

@@ -149,7 +149,7 @@ async fn endpoints_belong_to_their_client_and_ueps_to_their_mep() {
         assert_eq!(uep.uep.as_ref(), Some(&binding), "{backend}");
         assert_eq!(
             store.ensure_uep(uep_id, &binding).await.unwrap().uep,
-            Some(binding)
+            Some(binding.clone())
         );
         assert_eq!(store.ueps_of(mep_id).await.unwrap().len(), 1);
         assert!(
@@ -160,6 +160,34 @@ async fn endpoints_belong_to_their_client_and_ueps_to_their_mep() {
                 Err(StoreError::Conflict(_))
             ),
             "{backend}: a UEP id cannot be taken over by registering it"
+        );
+        // Nor can an id held by another endpoint, or by another user's UEP, become one.
+        let taken = Uuid::new_v4();
+        store
+            .register_endpoint(taken, other.client_id, &registration(false))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store.ensure_uep(taken, &binding).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{backend}: a registered endpoint's id is not a UEP"
+        );
+        let someone_else = UepBinding {
+            user_identity_id: other.client_id,
+            ..binding.clone()
+        };
+        assert!(
+            matches!(
+                store.ensure_uep(uep_id, &someone_else).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{backend}: alice's UEP is not bob's"
+        );
+        assert_eq!(
+            store.endpoint(uep_id).await.unwrap().unwrap().uep,
+            Some(binding.clone())
         );
 
         assert!(store.claim_start_request(uep_id, 60_000).await.unwrap());

@@ -66,6 +66,19 @@ async fn register(
     endpoint_id: Uuid,
     request: EndpointRegistrationRequest,
 ) -> ApiResult<Json<EndpointRegistrationResponse>> {
+    caller.require_client()?;
+    if endpoint_id.get_version_num() == 5 {
+        // The service names user endpoints with version-5 ids derived from public
+        // inputs; letting anyone register such an id would let them claim a user's
+        // future UEP, and with it that user's tasks.
+        return Err(ApiError::bad_request(
+            "INVALID_ENDPOINT_ID",
+            format!(
+                "endpoint id {endpoint_id} is a version-5 UUID, which is reserved for user \
+                 endpoints the service names; register with a random (version 4) id or none"
+            ),
+        ));
+    }
     if request.endpoint_name.trim().is_empty() {
         return Err(ApiError::bad_request(
             "INVALID_BODY",

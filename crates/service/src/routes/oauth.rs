@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{AnyResourceCaller, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -42,7 +42,7 @@ pub struct TokenRequest {
 }
 
 /// The resource server a requested scope belongs to.
-fn resource_server_of(scope: &str) -> &'static str {
+pub(crate) fn resource_server_of(scope: &str) -> &'static str {
     if scope.contains(COMPUTE_SCOPE_CLIENT_ID) || scope.contains(COMPUTE_RESOURCE_SERVER) {
         COMPUTE_RESOURCE_SERVER
     } else {
@@ -165,7 +165,7 @@ pub fn identity_document(caller: &Caller) -> Value {
 }
 
 /// `GET /v2/oauth2/userinfo`.
-pub async fn userinfo(caller: Caller) -> Json<Value> {
+pub async fn userinfo(AnyResourceCaller(caller): AnyResourceCaller) -> Json<Value> {
     let document = identity_document(&caller);
     Json(json!({
         "sub": document["sub"],

@@ -29,6 +29,9 @@ use crate::state::AppState;
 
 /// The most tasks one submit may carry.
 const MAX_TASKS_PER_SUBMIT: usize = 10_000;
+/// How long a submit waits for the broker to confirm its tasks before leaving them to
+/// the outbox (which waits longer than this before it sends).
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long the service waits before asking a MEP again to start the same UEP.
 const START_COMMAND_GAP_MS: i64 = 5_000;
 
@@ -47,6 +50,17 @@ pub async fn submit(
         .await?
         .filter(|ep| can_use_endpoint(&caller, ep))
         .ok_or_else(|| endpoint_not_found(endpoint_id))?;
+    if let Some(uep) = &endpoint.uep {
+        // Its MEP decides: its lock, its allowed functions, and starting the UEP.
+        return Err(ApiError::bad_request(
+            "SUBMIT_TO_MEP",
+            format!(
+                "endpoint {endpoint_id} is a user endpoint of the multi-user endpoint {}; \
+                 submit to {} with this user_endpoint_config instead",
+                uep.mep_id, uep.mep_id
+            ),
+        ));
+    }
     if endpoint.locked {
         return Err(ApiError::new(
             axum::http::StatusCode::LOCKED,
@@ -118,9 +132,6 @@ pub async fn submit(
         }
     }
 
-    // Route: a MEP's tasks go to the user's own UEP for this configuration.
-    let route = route_submit(&state, &caller, &endpoint, &request).await?;
-
     let task_group_id = request.task_group_id.unwrap_or_else(Uuid::new_v4);
     if let Some(owner) = state.store.task_group_owner(task_group_id).await?
         && owner != caller.identity_id()
@@ -130,6 +141,10 @@ pub async fn submit(
             format!("task group {task_group_id} not found"),
         ));
     }
+
+    // Route: a MEP's tasks go to the user's own UEP for this configuration. Only now,
+    // with the whole request checked, is anything created.
+    let route = route_submit(&state, &caller, &endpoint, &request).await?;
     if request.create_queue {
         state
             .broker()
@@ -180,8 +195,20 @@ pub async fn submit(
             completed_at: None,
         })
         .collect();
-    if let Err(error) = dispatch::publish_tasks(&state, &stored).await {
-        tracing::warn!(%error, tasks = stored.len(), "tasks stored; the outbox will send them");
+    // The tasks are safe in the database; a broker that is slow to confirm (a memory
+    // alarm, a reconnect) must not hold the submit, or the SDK retries it. The outbox
+    // sends what this did not.
+    match tokio::time::timeout(PUBLISH_WAIT, dispatch::publish_tasks(&state, &stored)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, tasks = stored.len(), "tasks stored; the outbox will send them");
+        }
+        Err(_) => {
+            tracing::warn!(
+                tasks = stored.len(),
+                "the broker is slow to confirm; the outbox will send the tasks"
+            );
+        }
     }
     if let Some(command) = route.start_command {
         match state
@@ -247,7 +274,25 @@ async fn route_submit(
         });
     }
     let user_config: Map<String, Value> = request.user_endpoint_config.clone().unwrap_or_default();
-    let user_runtime = request.user_runtime.clone().unwrap_or(Value::Null);
+    if user_config.values().any(has_indistinct_number) {
+        return Err(ApiError::bad_request(
+            "INVALID_USER_ENDPOINT_CONFIG",
+            "user_endpoint_config holds a number beyond 64-bit integers (or a float of \
+             magnitude 2^53 or more), which cannot be told apart from its neighbours, so \
+             two configurations could name the same user endpoint; send it as a string",
+        ));
+    }
+    // The official MEP reads `user_runtime` as an object; an SDK that sends none gets {}.
+    let user_runtime = match &request.user_runtime {
+        Some(Value::Object(runtime)) => Value::Object(runtime.clone()),
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "INVALID_BODY",
+                "user_runtime must be an object such as {\"python\": {\"version\": ...}}",
+            ));
+        }
+    };
     let python = python_major_minor(&user_runtime).unwrap_or_default();
     let uep_id = derive_uep_id(
         endpoint.endpoint_id,
@@ -317,6 +362,18 @@ pub fn task_status(task: &TaskRecord) -> TaskStatusResponse {
         exception: task.exception.clone(),
         completion_t,
         details: task.details.clone(),
+    }
+}
+
+/// Whether a config value holds a number that was read as a double at or beyond 2^53,
+/// where doubles skip integers (integers that fit 64 bits are kept exactly).
+fn has_indistinct_number(value: &Value) -> bool {
+    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(n) => n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= EXACT_LIMIT),
+        Value::Array(items) => items.iter().any(has_indistinct_number),
+        Value::Object(map) => map.values().any(has_indistinct_number),
+        _ => false,
     }
 }
 
