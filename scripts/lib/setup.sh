@@ -5,6 +5,9 @@
 GANTRY_ROOT=$(pwd)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# The lock that serialises everything that must own 127.0.0.1:5000 (the SDK's "local"
+# environment): the SDK tests and the quickstart. A fixed path, shared by every user.
+GANTRY_PORT_LOCK=/tmp/gantry-port-5000.lock
 APT_UPDATED=0
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -18,9 +21,13 @@ apt_install() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+  if [ -n "$SUDO" ] && ! command -v sudo >/dev/null; then
+    die "missing ${missing[*]}: install them as root (apt-get install ${missing[*]}), or run this as root"
+  fi
   log "installing Debian packages: ${missing[*]}"
   if [ "$APT_UPDATED" -eq 0 ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # port_open PORT: whether something listens on 127.0.0.1:PORT.
@@ -39,18 +46,38 @@ ensure_build_tools() {
   apt_install build-essential curl ca-certificates pkg-config
 }
 
-# ensure_rust: rustup and the toolchain pinned in rust-toolchain.toml, with rustfmt and clippy.
+# ensure_rust: rustup and the toolchain pinned in rust-toolchain.toml, with rustfmt and
+# clippy. A Debian `cargo` package does not count: it cannot follow the pin.
 ensure_rust() {
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-  if ! command -v rustup >/dev/null && ! command -v cargo >/dev/null; then
+  if ! command -v rustup >/dev/null; then
     log "installing Rust with rustup"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
     . "$HOME/.cargo/env"
   fi
-  # Reading rust-toolchain.toml makes rustup install the pinned toolchain and components.
+  local channel
+  channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+  [ -n "$channel" ] || die "rust-toolchain.toml names no channel"
+  if ! rustup run "$channel" cargo --version >/dev/null 2>&1; then
+    log "installing the Rust toolchain $channel"
+    rustup toolchain install "$channel" --profile minimal --component rustfmt,clippy
+  fi
+  local installed
+  installed=$(rustup component list --installed --toolchain "$channel")
+  grep -q '^rustfmt' <<<"$installed" || rustup component add --toolchain "$channel" rustfmt
+  grep -q '^clippy' <<<"$installed" || rustup component add --toolchain "$channel" clippy
   cargo --version >/dev/null || die "cargo does not run; see the output above"
-  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
-  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+}
+
+# lock_port_5000: takes the lock on 127.0.0.1:5000 (file descriptor 9) for this
+# script's lifetime, waiting for a test run that holds it.
+lock_port_5000() {
+  command -v flock >/dev/null || apt_install util-linux
+  if [ ! -e "$GANTRY_PORT_LOCK" ]; then
+    (umask 000 && : >>"$GANTRY_PORT_LOCK") 2>/dev/null || true
+  fi
+  exec 9<"$GANTRY_PORT_LOCK" || die "cannot open $GANTRY_PORT_LOCK"
+  flock -w 900 9 || die "port 5000 stayed locked by another run for 15 minutes"
 }
 
 # world_traversable DIR: whether every directory from / down to DIR lets other users in,
@@ -109,10 +136,17 @@ ensure_venv() {
 ensure_rabbitmq() {
   if ! port_open 5672; then
     apt_install rabbitmq-server
-    log "starting RabbitMQ"
-    $SUDO sh -c 'rabbitmq-server -detached' || true
-    wait_for_port 5672 60 RabbitMQ
+    # Where an init system runs, installing the package started the broker already.
+    local i
+    for ((i = 0; i < 10; i++)); do port_open 5672 && break; sleep 1; done
+    if ! port_open 5672; then
+      log "starting RabbitMQ"
+      $SUDO sh -c 'rabbitmq-server -detached' || true
+      wait_for_port 5672 60 RabbitMQ
+    fi
   fi
+  command -v rabbitmq-plugins >/dev/null || [ -x /usr/sbin/rabbitmq-plugins ] \
+    || die "a broker listens on 127.0.0.1:5672 but rabbitmq-plugins is not here to enable its management API on 15672; enable it where the broker runs"
   if ! port_open 15672; then
     log "enabling RabbitMQ's management plugin"
     $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null
@@ -124,15 +158,24 @@ ensure_rabbitmq() {
 ensure_postgres() {
   if ! port_open 5432; then
     apt_install postgresql
+    [ -d /etc/postgresql ] || die "postgresql is installed but /etc/postgresql is missing"
     local version
     version=$(ls /etc/postgresql | sort -n | tail -1)
+    [ -n "$version" ] || die "no PostgreSQL cluster under /etc/postgresql"
     local hba="/etc/postgresql/$version/main/pg_hba.conf"
     if ! $SUDO grep -q "gantry-tests" "$hba"; then
       log "allowing trust auth on 127.0.0.1 for the tests"
       $SUDO sed -i '1i host all all 127.0.0.1/32 trust # gantry-tests' "$hba"
     fi
-    log "starting PostgreSQL $version"
-    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    # Installing the package may have started the cluster (where an init system runs):
+    # then it only needs to re-read pg_hba.conf.
+    if $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1; then
+      log "reloading PostgreSQL $version"
+      $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    else
+      log "starting PostgreSQL $version"
+      $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    fi
     wait_for_port 5432 60 PostgreSQL
   fi
   if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then

@@ -30,15 +30,18 @@ pub struct TestService {
 }
 
 /// Holds the SDK's fixed port (the SDK's "local" environment is http://localhost:5000)
-/// for one test at a time, across test processes.
+/// for one test at a time, across test processes and with `scripts/quickstart`
+/// (`lock_port_5000` in scripts/lib/setup.sh): the same fixed path, writable by every
+/// user, opened read-only (flock does not need write access).
 fn lock_port_5000() -> File {
-    let path = std::env::temp_dir().join("gantry-tests-port-5000.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .expect("open the port lock");
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::path::Path::new("/tmp/gantry-port-5000.lock");
+    if !path.exists()
+        && let Ok(created) = File::options().create(true).append(true).open(path)
+    {
+        let _ = created.set_permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let file = File::open(path).expect("open the port lock /tmp/gantry-port-5000.lock");
     file.lock().expect("lock port 5000 for this test");
     file
 }
