@@ -93,3 +93,53 @@ impl From<gantry_broker::BrokerError> for ApiError {
 
 /// Result alias for route handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Gives every error response the JSON body clients parse. The service's own errors
+/// have it already; axum's rejections (a path that does not decode, a malformed form,
+/// a wrong method) come as plain text or empty, and get it here. On the OAuth token
+/// route a malformed form is OAuth's `invalid_request`.
+pub async fn json_error_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_token_route = request.uri().path() == "/v2/oauth2/token";
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let error = if is_token_route && status.is_client_error() {
+        ApiError::bad_request("invalid_request", message)
+    } else {
+        let code = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+            StatusCode::NOT_FOUND => "NOT_FOUND",
+            StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+            s if s.is_client_error() => "INVALID_REQUEST",
+            _ => "INTERNAL_ERROR",
+        };
+        ApiError::new(status, code, message)
+    };
+    let mut converted = error.into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        converted
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    converted
+}

@@ -735,3 +735,42 @@ async fn nobody_can_take_over_a_users_uep() {
     );
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frameworks_own_rejections_are_json_errors_too() {
+    let service = TestService::start(Backend::Sqlite, false).await;
+    let api = Api::new(&service);
+    let (_, alice) = service.user("alice").await;
+    // A path segment that does not decode as UTF-8.
+    assert_error(
+        &api.get("/v2/tasks/%FF", &alice).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+    );
+    // A method the route does not take; the Allow header survives.
+    let response = Client::new()
+        .put(format!("{}/v2/tasks/x", service.url()))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("allow"));
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_error(
+        &(status, body),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    );
+    // A token request whose form lacks grant_type: OAuth's invalid_request.
+    let response = Client::new()
+        .post(format!("{}/v2/oauth2/token", service.url()))
+        .form(&[("scope", "openid")])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_error(&(status, body), StatusCode::BAD_REQUEST, "invalid_request");
+    service.stop().await;
+}

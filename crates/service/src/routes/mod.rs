@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             get(oauth::userinfo).post(oauth::userinfo),
         )
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(crate::error::json_error_bodies))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
