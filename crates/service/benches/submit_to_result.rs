@@ -148,6 +148,7 @@ async fn run(backend: &str, database_url: String) -> Vec<String> {
         public_amqp_url: None,
         max_body_bytes: 64 * 1024 * 1024,
         client_token_lifetime_s: 3600,
+        start_retry_after: std::time::Duration::from_secs(3),
     })
     .await
     .unwrap();

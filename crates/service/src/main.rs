@@ -87,6 +87,10 @@ struct ServeArgs {
     /// How long endpoint access tokens stay valid, in seconds.
     #[arg(long, default_value_t = 172_800)]
     client_token_lifetime_s: i64,
+    /// How long a user endpoint's tasks may wait, its start unanswered, before the
+    /// service asks its multi-user endpoint again to start it, in seconds.
+    #[arg(long, default_value_t = 60)]
+    start_retry_after_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -212,6 +216,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_amqp_url: args.public_amqp_url,
         max_body_bytes: args.max_body_mb.saturating_mul(1024 * 1024),
         client_token_lifetime_s: args.client_token_lifetime_s,
+        start_retry_after: std::time::Duration::from_secs(args.start_retry_after_s.max(1)),
     };
     start(config).await?.run_until_signalled().await;
     Ok(())

@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Lifetime of endpoint access tokens, in seconds.
     pub client_token_lifetime_s: i64,
+    /// How long a UEP's tasks may wait unanswered before its MEP is asked again to
+    /// start it.
+    pub start_retry_after: std::time::Duration,
 }
 
 /// A service running in this process (the binary and the tests use it).
@@ -146,6 +149,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
             broker_secret,
             max_body_bytes: config.max_body_bytes,
             client_token_lifetime_s: config.client_token_lifetime_s,
+            start_retry_after_ms: i64::try_from(config.start_retry_after.as_millis())
+                .unwrap_or(i64::MAX),
         }),
         provisioned: Arc::new(Mutex::new(Default::default())),
     };

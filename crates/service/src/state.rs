@@ -22,6 +22,9 @@ pub struct ServiceSettings {
     pub max_body_bytes: usize,
     /// How long client-credentials access tokens live, in seconds.
     pub client_token_lifetime_s: i64,
+    /// How long a UEP's tasks may wait, with no start request answered, before the
+    /// service asks its MEP again (ms).
+    pub start_retry_after_ms: i64,
 }
 
 /// Shared state: the database, the broker and the settings; cheap to clone.

@@ -367,3 +367,55 @@ async fn deleting_an_endpoint_fails_its_waiting_tasks() {
     assert_eq!(stored.status, TaskStatus::Failed);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_start_command_is_sent_again_once_the_mep_is_online() {
+    let service = TestService::start(Backend::Postgres, true).await;
+    let (_, token) = service.user("erin@example.org").await;
+    let (_, client_token) = service.endpoint_client("site").await;
+    let registered = register(&service.url(), &client_token, &registration("mep", true))
+        .await
+        .unwrap();
+    // The MEP is down when erin submits, and its start command is lost.
+    let env = vec![
+        ("GANTRY_TOKEN", token),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        (
+            "USER_ENDPOINT_CONFIG",
+            json!({"ACCOUNT_ID": "7"}).to_string(),
+        ),
+        ("RESULT_TIMEOUT", "90".to_owned()),
+    ];
+    let submitter = tokio::spawn(sdk("single", env));
+    let admin = gantry_broker::Broker::connect(&service.config.amqp_url)
+        .await
+        .unwrap();
+    let commands = gantry_broker::layout::command_queue(registered.endpoint_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while admin.purge_queue(&commands).await.unwrap() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no start command was sent"
+        );
+        assert!(
+            !submitter.is_finished(),
+            "the SDK gave up before submitting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    admin.close().await;
+
+    // The MEP comes up; the service notices the waiting tasks and asks again.
+    let mep = run_mep(&registered, StartBehaviour::Start(python()), 1.0)
+        .await
+        .unwrap();
+    let out = submitter.await.unwrap();
+    assert_eq!(out["result"], json!(3), "{out}");
+    assert_eq!(
+        mep.commands.lock().unwrap().len(),
+        1,
+        "one command reached the MEP: the repeat, once"
+    );
+    mep.stop().await.unwrap();
+    service.stop().await;
+}

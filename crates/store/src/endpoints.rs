@@ -275,6 +275,30 @@ impl Store {
         Ok(uep)
     }
 
+    /// User endpoints with a task waiting since before `waiting_since` (ms) and no start
+    /// request since `requested_since` (ms): candidates for asking their MEP again
+    /// (the first command was lost, the MEP dropped it, or the UEP died). The caller
+    /// decides with [`EndpointRecord::is_online`] and the MEP's own state.
+    pub async fn ueps_awaiting_start(
+        &self,
+        waiting_since: i64,
+        requested_since: i64,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        sqlx::query(
+            "SELECT * FROM endpoints e WHERE e.parent_endpoint_id IS NOT NULL \
+               AND (e.start_requested_at IS NULL OR e.start_requested_at < $1) \
+               AND EXISTS (SELECT 1 FROM tasks t WHERE t.endpoint_id = e.endpoint_id \
+                 AND t.status = 'waiting-for-ep' AND t.created_at < $2)",
+        )
+        .bind(requested_since)
+        .bind(waiting_since)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(endpoint_from_row)
+        .collect()
+    }
+
     /// Records that a start command went out for this UEP, unless one went out less
     /// than `min_gap_ms` ago; returns whether the caller should send it.
     pub async fn claim_start_request(&self, uep_id: Uuid, min_gap_ms: i64) -> StoreResult<bool> {

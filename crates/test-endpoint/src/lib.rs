@@ -376,9 +376,16 @@ pub async fn run_mep(
     let (stop, mut stopped) = watch::channel(false);
     let (seen, started) = (commands.clone(), ueps.clone());
     let handle = tokio::spawn(async move {
+        // A MEP heartbeats for as long as it runs, as the real one does.
+        let mut beat = tokio::time::interval(Duration::from_secs_f64(heartbeat_period.max(0.5)));
+        beat.tick().await; // the first tick is now; the first heartbeat went out above
         loop {
             let delivery = tokio::select! {
                 d = consumer.next() => d,
+                _ = beat.tick() => {
+                    heartbeat(&broker, &heartbeat_info, mep_id, heartbeat_period, Map::new()).await?;
+                    continue;
+                }
                 _ = stopped.changed() => break,
             };
             let Some(delivery) = delivery else {

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use gantry_broker::layout::{task_group_queue, user_account, user_permissions, user_queue_prefix};
-use gantry_protocol::command::{
-    CMD_START_ENDPOINT, IdentityInfo, StartEndpointCommand, StartEndpointKwargs,
-};
+use gantry_protocol::command::StartEndpointCommand;
 use gantry_protocol::packed::unpack_buffers;
 use gantry_protocol::rest::{
     AmqpResultUrlResponse, BatchStatusRequest, BatchStatusResponse, SubmitRequest, SubmitResponse,
@@ -314,29 +312,7 @@ async fn route_submit(
             start_command: None,
         });
     }
-    let identity = &caller.0.identity;
-    let command = StartEndpointCommand {
-        command: CMD_START_ENDPOINT.to_owned(),
-        globus_username: identity.username.clone(),
-        globus_effective_identity: identity.identity_id,
-        globus_identity_set: vec![IdentityInfo {
-            id: identity.identity_id,
-            sub: Some(identity.identity_id),
-            username: identity.username.clone(),
-            email: None,
-            name: Some(identity.username.clone()),
-            organization: None,
-            identity_provider: Some(crate::routes::oauth::IDENTITY_PROVIDER.to_owned()),
-            status: Some("used".to_owned()),
-        }],
-        args: Vec::new(),
-        kwargs: StartEndpointKwargs {
-            name: uep.name.clone(),
-            user_opts: user_config,
-            user_runtime,
-            amqp_creds,
-        },
-    };
+    let command = dispatch::start_command(&caller.0.identity, &uep.name, &binding, amqp_creds);
     Ok(Route {
         target: uep_id,
         start_command: Some(command),

@@ -79,6 +79,7 @@ impl TestService {
             public_amqp_url: None,
             max_body_bytes: 1024 * 1024,
             client_token_lifetime_s: 3600,
+            start_retry_after: std::time::Duration::from_secs(3),
         };
         let service = start(config.clone()).await.expect("the service starts");
         TestService {
