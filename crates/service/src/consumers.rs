@@ -291,9 +291,11 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
         let message = format!("the endpoint {subject} could not start: {error_text}");
         tracing::warn!(endpoint_id = %subject, error = error_text, "endpoint reported a failed start");
         // Drop the waiting task messages first, then fail what is pending: a task
-        // reported failed must not run later when a retry of the start succeeds. A task
-        // submitted between the two steps is failed too; none is left neither failed
-        // nor queued.
+        // reported failed must not run later when a retry of the start succeeds.
+        // The gate keeps publishers out in between: a task they had in hand is either
+        // on the queue before the purge or failed before they look again.
+        let gate = state.endpoint_gate(subject);
+        let _held = gate.lock().await;
         if let Err(error) = purge_task_queue(state, subject).await {
             tracing::error!(%error, endpoint_id = %subject, "cannot purge the failed endpoint's tasks; will retry");
             return Outcome::Retry;

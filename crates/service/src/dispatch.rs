@@ -3,6 +3,7 @@
 //! outbox): a task is stored with its message, published with a confirm, and only then
 //! forgotten, so a broker outage or a crash delays tasks but never loses them.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gantry_broker::Outgoing;
@@ -26,9 +27,44 @@ fn now_secs() -> u64 {
 }
 
 /// Publishes stored tasks whose messages are still in the outbox, then clears them.
+/// Endpoint by endpoint, each under its gate, and only the tasks still unsent once the
+/// gate is held: a failed start may have failed some meanwhile, and those must not
+/// reach a queue that a later, successful start would consume.
 pub async fn publish_tasks(
     state: &AppState,
     tasks: &[TaskRecord],
+) -> Result<(), gantry_broker::BrokerError> {
+    let mut by_endpoint: BTreeMap<uuid::Uuid, Vec<&TaskRecord>> = BTreeMap::new();
+    for task in tasks.iter().filter(|t| t.task_buffer.is_some()) {
+        by_endpoint.entry(task.endpoint_id).or_default().push(task);
+    }
+    let mut first_error = None;
+    for (endpoint_id, tasks) in by_endpoint {
+        let gate = state.endpoint_gate(endpoint_id);
+        let _held = gate.lock().await;
+        let ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.task_id).collect();
+        let unsent: HashSet<uuid::Uuid> = match state.store.still_unsent(&ids).await {
+            Ok(unsent) => unsent.into_iter().collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot check which tasks are still unsent; the outbox retries");
+                continue;
+            }
+        };
+        let tasks: Vec<&TaskRecord> = tasks
+            .into_iter()
+            .filter(|t| unsent.contains(&t.task_id))
+            .collect();
+        if let Err(error) = publish_endpoint_tasks(state, &tasks).await {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Publishes one endpoint's tasks (its gate held) and settles each by its confirm.
+async fn publish_endpoint_tasks(
+    state: &AppState,
+    tasks: &[&TaskRecord],
 ) -> Result<(), gantry_broker::BrokerError> {
     let mut bodies = Vec::with_capacity(tasks.len());
     let mut routing = Vec::with_capacity(tasks.len());

@@ -153,6 +153,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
                 .unwrap_or(i64::MAX),
         }),
         provisioned: Arc::new(Mutex::new(Default::default())),
+        endpoint_gates: Arc::new(Mutex::new(Default::default())),
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)

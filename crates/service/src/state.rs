@@ -1,7 +1,9 @@
 //! The state every route and background task shares.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
 
 use gantry_broker::management::Management;
 use gantry_broker::{Broker, BrokerError, SharedBroker};
@@ -42,9 +44,24 @@ pub struct AppState {
     /// the secret, so an account once set up stays valid; this saves the management
     /// API calls on every submit.
     pub provisioned: Arc<Mutex<HashSet<String>>>,
+    /// One gate per endpoint, held while its tasks are published and while a failed
+    /// start purges and fails them, so that no task is both reported failed and left
+    /// on its queue to run later. (One entry per endpoint that received tasks since
+    /// this process started.)
+    pub endpoint_gates: Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl AppState {
+    /// The gate of an endpoint's task queue (see [`AppState::endpoint_gates`]).
+    pub fn endpoint_gate(&self, endpoint_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.endpoint_gates
+            .lock()
+            .expect("the gate map is never poisoned: no code panics holding it")
+            .entry(endpoint_id)
+            .or_default()
+            .clone()
+    }
+
     /// The live broker connection.
     pub async fn broker(&self) -> Result<Broker, BrokerError> {
         self.shared_broker.get().await

@@ -329,6 +329,28 @@ impl Store {
         })
     }
 
+    /// Those of `task_ids` still waiting with their message unsent: what a publisher
+    /// may still send once it holds the endpoint's gate.
+    pub async fn still_unsent(&self, task_ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        let mut unsent = Vec::with_capacity(task_ids.len());
+        for chunk in task_ids.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT task_id FROM tasks WHERE status = 'waiting-for-ep' \
+                   AND task_buffer IS NOT NULL AND task_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for task_id in chunk {
+                query = query.bind(task_id.to_string());
+            }
+            for id in query.fetch_all(&self.pool).await? {
+                unsent.push(parse_uuid(&id, "task id")?);
+            }
+        }
+        Ok(unsent)
+    }
+
     /// Forgets the messages of tasks the broker has confirmed.
     pub async fn mark_enqueued(&self, task_ids: &[Uuid]) -> StoreResult<()> {
         for chunk in task_ids.chunks(INSERT_CHUNK) {
