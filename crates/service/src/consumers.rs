@@ -29,6 +29,9 @@ enum Outcome {
     Retry,
 }
 
+/// How many times a heartbeat is tried (over about a minute) before it is dropped.
+const HEARTBEAT_ATTEMPTS: u32 = 6;
+
 /// How many results are handled at once. Each waits on a database commit and then a
 /// broker confirm; one at a time, the consumer would leave both idle most of the time.
 /// Results are independent (one per task), so their order does not matter.
@@ -107,8 +110,10 @@ pub async fn run_consumer(
 
 /// Handles one delivery and acknowledges it. When a dependency (database, broker)
 /// fails, it tries again in place, backing off up to 30 s, rather than requeueing:
-/// a requeued heartbeat would be applied after newer ones from the same endpoint. On
-/// shutdown it leaves the delivery unsettled, and the broker redelivers it later.
+/// a requeued heartbeat would be applied after newer ones from the same endpoint.
+/// Results are tried until they are stored (a result is never dropped); heartbeats
+/// [`HEARTBEAT_ATTEMPTS`] times. On shutdown it leaves the delivery unsettled, and
+/// the broker redelivers it later.
 async fn handle_and_settle(
     state: AppState,
     queue: &'static str,
@@ -116,25 +121,38 @@ async fn handle_and_settle(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), gantry_broker::lapin::Error> {
     let mut pause = Duration::from_secs(1);
+    let mut attempts = 0;
     loop {
         let outcome = match queue {
             RESULTS_QUEUE => handle_result(&state, &delivery).await,
             _ => handle_heartbeat(&state, &delivery).await,
         };
+        attempts += 1;
+        // Heartbeats go one at a time: one that keeps failing must not hold back every
+        // endpoint's status. The next heartbeat carries the state again (and a failed
+        // start is reported again when the MEP is asked again).
+        let give_up = queue != RESULTS_QUEUE && attempts >= HEARTBEAT_ATTEMPTS;
+        if give_up {
+            tracing::error!(
+                queue,
+                attempts,
+                "dropping a heartbeat that could not be handled"
+            );
+        }
         match outcome {
-            Outcome::Ack => {
-                return delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map(drop);
-            }
-            Outcome::Retry => {
+            Outcome::Retry if !give_up => {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
                 pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Outcome::Ack | Outcome::Retry => {
+                return delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(drop);
             }
         }
     }
@@ -323,11 +341,11 @@ async fn purge_task_queue(state: &AppState, endpoint_id: Uuid) -> anyhow::Result
     if endpoint.multi_user {
         return Ok(());
     }
-    let dropped = state
-        .broker()
-        .await?
-        .purge_queue(&task_queue(endpoint_id))
-        .await?;
+    let broker = state.broker().await?;
+    // Declared first (a no-op when it exists): purging a missing queue would fail, and
+    // fail again on every retry.
+    broker.declare_endpoint_queue(endpoint_id, false).await?;
+    let dropped = broker.purge_queue(&task_queue(endpoint_id)).await?;
     if dropped > 0 {
         tracing::info!(endpoint_id = %endpoint_id, dropped, "dropped the tasks of an endpoint that failed to start");
     }

@@ -30,14 +30,15 @@ fn now_secs() -> u64 {
 /// Endpoint by endpoint, each under its gate, and only the tasks still unsent once the
 /// gate is held: a failed start may have failed some meanwhile, and those must not
 /// reach a queue that a later, successful start would consume.
-pub async fn publish_tasks(
-    state: &AppState,
-    tasks: &[TaskRecord],
-) -> Result<(), gantry_broker::BrokerError> {
+///
+/// Returns how many tasks it settled (sent and cleared, or failed); an error when any
+/// could not be settled, which the outbox then retries.
+pub async fn publish_tasks(state: &AppState, tasks: &[TaskRecord]) -> anyhow::Result<usize> {
     let mut by_endpoint: BTreeMap<uuid::Uuid, Vec<&TaskRecord>> = BTreeMap::new();
     for task in tasks.iter().filter(|t| t.task_buffer.is_some()) {
         by_endpoint.entry(task.endpoint_id).or_default().push(task);
     }
+    let mut settled = 0;
     let mut first_error = None;
     for (endpoint_id, tasks) in by_endpoint {
         let gate = state.endpoint_gate(endpoint_id);
@@ -46,7 +47,7 @@ pub async fn publish_tasks(
         let unsent: HashSet<uuid::Uuid> = match state.store.still_unsent(&ids).await {
             Ok(unsent) => unsent.into_iter().collect(),
             Err(error) => {
-                tracing::warn!(%error, "cannot check which tasks are still unsent; the outbox retries");
+                first_error.get_or_insert(anyhow::Error::from(error));
                 continue;
             }
         };
@@ -54,18 +55,23 @@ pub async fn publish_tasks(
             .into_iter()
             .filter(|t| unsent.contains(&t.task_id))
             .collect();
-        if let Err(error) = publish_endpoint_tasks(state, &tasks).await {
-            first_error.get_or_insert(error);
+        match publish_endpoint_tasks(state, endpoint_id, &tasks).await {
+            Ok(count) => settled += count,
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    first_error.map_or(Ok(settled), Err)
 }
 
-/// Publishes one endpoint's tasks (its gate held) and settles each by its confirm.
+/// Publishes one endpoint's tasks (its gate held) and settles each by its confirm;
+/// returns how many it settled.
 async fn publish_endpoint_tasks(
     state: &AppState,
+    endpoint_id: uuid::Uuid,
     tasks: &[&TaskRecord],
-) -> Result<(), gantry_broker::BrokerError> {
+) -> anyhow::Result<usize> {
     let mut bodies = Vec::with_capacity(tasks.len());
     let mut routing = Vec::with_capacity(tasks.len());
     let mut sent = Vec::with_capacity(tasks.len());
@@ -98,7 +104,7 @@ async fn publish_endpoint_tasks(
         sent.push(task.task_id);
     }
     if sent.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let outgoing: Vec<Outgoing<'_>> = bodies
         .iter()
@@ -117,41 +123,55 @@ async fn publish_endpoint_tasks(
         .await?;
     let mut confirmed = Vec::with_capacity(sent.len());
     let mut unroutable = Vec::new();
-    let mut first_error = None;
+    let mut first_error: Option<anyhow::Error> = None;
     for (task_id, outcome) in sent.into_iter().zip(outcomes) {
         match outcome {
             Ok(()) => confirmed.push(task_id),
             Err(gantry_broker::BrokerError::Unroutable { .. }) => unroutable.push(task_id),
             Err(error) => {
-                first_error.get_or_insert(error);
+                first_error.get_or_insert(error.into());
             }
         }
     }
-    if let Err(error) = state.store.mark_enqueued(&confirmed).await {
-        // The tasks are on the broker; the worst case is that they are sent again.
-        tracing::warn!(%error, tasks = confirmed.len(), "could not clear the outbox after publishing");
-    }
+    // If this fails the tasks are on the broker but still in the outbox, which sends
+    // them again later: a duplicate, never a loss.
+    state.store.mark_enqueued(&confirmed).await?;
+    let mut settled = confirmed.len();
     if !unroutable.is_empty() {
-        // No queue takes these any more: their endpoint was deleted. Sending them again
-        // would never succeed, so they fail, and their submitters hear why.
-        tracing::warn!(
-            tasks = unroutable.len(),
-            "tasks for a deleted endpoint; failing them"
-        );
-        match state
-            .store
-            .fail_unfinished_tasks(
-                &unroutable,
-                ENDPOINT_DELETED_CODE,
-                "the endpoint no longer exists (it was deleted)",
-            )
-            .await
-        {
-            Ok(failed) => forward_failures(state, &failed).await,
-            Err(error) => tracing::warn!(%error, "could not fail tasks of a deleted endpoint"),
-        }
+        settled += settle_unroutable(state, endpoint_id, &unroutable).await?;
     }
-    first_error.map_or(Ok(()), Err)
+    first_error.map_or(Ok(settled), Err)
+}
+
+/// Tasks the broker could not route: no queue is bound for their endpoint. When the
+/// endpoint is gone, sending them again would never succeed, so they fail and their
+/// submitters hear why; when it still exists, its queue was lost (a broker reset), so
+/// it is declared again and the tasks stay for the outbox.
+async fn settle_unroutable(
+    state: &AppState,
+    endpoint_id: uuid::Uuid,
+    task_ids: &[uuid::Uuid],
+) -> anyhow::Result<usize> {
+    if let Some(endpoint) = state.store.endpoint(endpoint_id).await? {
+        tracing::warn!(%endpoint_id, tasks = task_ids.len(), "the endpoint's task queue is gone; declaring it again");
+        state
+            .broker()
+            .await?
+            .declare_endpoint_queue(endpoint_id, endpoint.multi_user)
+            .await?;
+        return Ok(0);
+    }
+    tracing::warn!(%endpoint_id, tasks = task_ids.len(), "tasks for a deleted endpoint; failing them");
+    let failed = state
+        .store
+        .fail_unfinished_tasks(
+            task_ids,
+            ENDPOINT_DELETED_CODE,
+            &format!("the endpoint {endpoint_id} no longer exists (it was deleted)"),
+        )
+        .await?;
+    forward_failures(state, &failed).await;
+    Ok(task_ids.len())
 }
 
 /// The error code of tasks whose endpoint was deleted before they ran.
@@ -345,6 +365,10 @@ pub async fn forward_result(
 /// being published by the submit that stored them.
 const OUTBOX_GRACE_MS: i64 = 15_000;
 
+/// How long one outbox pass waits for the broker's confirms (it holds endpoint gates
+/// meanwhile, which a failed start's purge waits for).
+const OUTBOX_PUBLISH_WAIT: Duration = Duration::from_secs(30);
+
 /// The most unsent tasks the outbox reads and sends in one pass.
 const OUTBOX_BATCH: usize = 500;
 
@@ -374,10 +398,20 @@ pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Recei
             .await
         {
             Ok(tasks) if !tasks.is_empty() => {
-                if let Err(error) = publish_tasks(&state, &tasks).await {
-                    tracing::warn!(%error, tasks = tasks.len(), "outbox: tasks wait for the broker");
-                } else if tasks.len() == OUTBOX_BATCH {
-                    continue; // more may be waiting: send them now
+                match tokio::time::timeout(OUTBOX_PUBLISH_WAIT, publish_tasks(&state, &tasks)).await
+                {
+                    // A full batch all settled: more may be waiting, send them now.
+                    Ok(Ok(settled)) if settled == OUTBOX_BATCH => continue,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, tasks = tasks.len(), "outbox: tasks wait for the broker");
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            tasks = tasks.len(),
+                            "outbox: the broker is slow to confirm; trying again later"
+                        );
+                    }
                 }
             }
             Ok(_) => {}

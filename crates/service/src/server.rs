@@ -46,8 +46,11 @@ pub struct RunningService {
     /// Its shared state.
     pub state: AppState,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
+
+/// How long `stop` waits for each part to finish before it gives up on it.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl RunningService {
     /// `http://addr`.
@@ -55,14 +58,25 @@ impl RunningService {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving and waits for the consumers, the outbox and the server to finish.
+    /// Stops serving and waits for the consumers, the outbox and the server to finish
+    /// what they have in hand (at most [`STOP_WAIT`] each; a part that takes longer is
+    /// named in the log and aborted: what it had not settled, the broker redelivers or
+    /// the outbox sends after the next start).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+                tracing::error!(part = name, "did not stop in time; aborting it");
+                task.abort();
+            }
         }
         self.state.shared_broker.close().await;
-        self.state.store.pool().close().await;
+        if tokio::time::timeout(STOP_WAIT, self.state.store.pool().close())
+            .await
+            .is_err()
+        {
+            tracing::error!("database connections were not returned in time");
+        }
     }
 
     /// Waits until a shutdown signal (SIGINT/SIGTERM) arrives, then stops.
@@ -163,28 +177,30 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
     let (shutdown, _) = watch::channel(false);
     let mut tasks = Vec::new();
     for queue in CONSUMED_QUEUES {
-        tasks.push(tokio::spawn(run_consumer(
-            state.clone(),
+        tasks.push((
             queue,
-            shutdown.subscribe(),
-        )));
+            tokio::spawn(run_consumer(state.clone(), queue, shutdown.subscribe())),
+        ));
     }
-    tasks.push(tokio::spawn(run_outbox(
-        state.clone(),
-        shutdown.subscribe(),
-    )));
+    tasks.push((
+        "outbox",
+        tokio::spawn(run_outbox(state.clone(), shutdown.subscribe())),
+    ));
     let app = router(state.clone());
     let mut http_shutdown = shutdown.subscribe();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "the HTTP server failed");
-        }
-    }));
+    tasks.push((
+        "http",
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.changed().await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the HTTP server failed");
+            }
+        }),
+    ));
     tracing::info!(%addr, "gantry-service listening");
     Ok(RunningService {
         addr,

@@ -275,10 +275,11 @@ impl Store {
         Ok(uep)
     }
 
-    /// User endpoints with a task waiting since before `waiting_since` (ms) and no start
-    /// request since `requested_since` (ms): candidates for asking their MEP again
-    /// (the first command was lost, the MEP dropped it, or the UEP died). The caller
-    /// decides with [`EndpointRecord::is_online`] and the MEP's own state.
+    /// User endpoints with an unfinished task submitted before `waiting_since` (ms) and
+    /// no start request since `requested_since` (ms): candidates for asking their MEP
+    /// again (the first command was lost, the MEP dropped it, or the UEP died, its
+    /// running tasks back on its queue). The caller decides with
+    /// [`EndpointRecord::is_online`] and the MEP's own state.
     pub async fn ueps_awaiting_start(
         &self,
         waiting_since: i64,
@@ -288,7 +289,7 @@ impl Store {
             "SELECT * FROM endpoints e WHERE e.parent_endpoint_id IS NOT NULL \
                AND (e.start_requested_at IS NULL OR e.start_requested_at < $1) \
                AND EXISTS (SELECT 1 FROM tasks t WHERE t.endpoint_id = e.endpoint_id \
-                 AND t.status = 'waiting-for-ep' AND t.created_at < $2)",
+                 AND t.status IN ('waiting-for-ep', 'running') AND t.created_at < $2)",
         )
         .bind(requested_since)
         .bind(waiting_since)
@@ -352,8 +353,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Deletes an endpoint and its user endpoints. Tasks and results stay readable.
-    pub async fn delete_endpoint(&self, endpoint_id: Uuid) -> StoreResult<Vec<Uuid>> {
+    /// Deletes an endpoint and its user endpoints, and in the same transaction fails
+    /// their unfinished tasks with `message` (marked to be forwarded, as
+    /// [`Store::fail_pending_tasks`] does). Returns the removed ids and the failed
+    /// tasks. Finished tasks and results stay readable.
+    pub async fn delete_endpoint(
+        &self,
+        endpoint_id: Uuid,
+        code: &str,
+        message: &str,
+    ) -> StoreResult<(Vec<Uuid>, Vec<crate::TaskRecord>)> {
         let mut tx = self.begin_write().await?;
         let children: Vec<String> =
             sqlx::query_scalar("SELECT endpoint_id FROM endpoints WHERE parent_endpoint_id = $1")
@@ -368,13 +377,32 @@ impl Store {
             .bind(endpoint_id.to_string())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         let mut removed: Vec<Uuid> = children
             .iter()
             .map(|c| parse_uuid(c, "endpoint id"))
             .collect::<StoreResult<_>>()?;
         removed.push(endpoint_id);
-        Ok(removed)
+        let error = serde_json::json!({"code": code, "user_message": message}).to_string();
+        let mut failed = Vec::new();
+        for id in &removed {
+            let rows = sqlx::query(
+                "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
+                   completed_at = $3, task_buffer = NULL, forward_pending = 1 \
+                 WHERE endpoint_id = $4 AND status IN ('waiting-for-ep', 'running') \
+                 RETURNING *",
+            )
+            .bind(message)
+            .bind(&error)
+            .bind(now_ms())
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                failed.push(crate::tasks::task_from_row(row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok((removed, failed))
     }
 
     /// The endpoints an identity registered, and the user endpoints that run its tasks.

@@ -149,7 +149,7 @@ pub struct StoredResult {
     pub task_statuses: Option<Value>,
 }
 
-fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
+pub(crate) fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
     let uuid = |column: &str| -> StoreResult<Uuid> {
         parse_uuid(&row.try_get::<String, _>(column)?, column)
     };

@@ -240,7 +240,15 @@ async fn endpoints_belong_to_their_client_and_ueps_to_their_mep() {
                 .is_online(gantry_store::now_ms())
         );
 
-        assert_eq!(store.delete_endpoint(mep_id).await.unwrap().len(), 2);
+        assert_eq!(
+            store
+                .delete_endpoint(mep_id, "ENDPOINT_DELETED", "gone")
+                .await
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
         assert!(store.endpoint(uep_id).await.unwrap().is_none(), "{backend}");
     }
 }

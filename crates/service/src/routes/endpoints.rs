@@ -282,23 +282,24 @@ pub async fn delete_endpoint(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let endpoint = managed_endpoint(&state, &caller, &endpoint_id).await?;
     let ueps = state.store.ueps_of(endpoint.endpoint_id).await?;
-    let removed = state.store.delete_endpoint(endpoint.endpoint_id).await?;
+    // Tasks still waiting would wait forever: they fail with the deletion, and their
+    // submitters hear why (the outbox retries what cannot be forwarded now).
+    let (removed, failed) = state
+        .store
+        .delete_endpoint(
+            endpoint.endpoint_id,
+            dispatch::ENDPOINT_DELETED_CODE,
+            &format!(
+                "the endpoint {} was deleted before the task ran",
+                endpoint.endpoint_id
+            ),
+        )
+        .await?;
     for uep in &ueps {
         cleanup_broker(&state, uep.endpoint_id, false).await;
     }
     cleanup_broker(&state, endpoint.endpoint_id, endpoint.multi_user).await;
-    // Tasks still waiting would wait forever: fail them, and tell their submitters.
-    for removed_id in &removed {
-        let failed = state
-            .store
-            .fail_pending_tasks(
-                *removed_id,
-                dispatch::ENDPOINT_DELETED_CODE,
-                &format!("the endpoint {removed_id} was deleted before the task ran"),
-            )
-            .await?;
-        dispatch::forward_failures(&state, &failed).await;
-    }
+    dispatch::forward_failures(&state, &failed).await;
     Ok((
         StatusCode::OK,
         Json(json!({"result": 302, "removed": removed})),

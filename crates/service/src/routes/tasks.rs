@@ -197,7 +197,7 @@ pub async fn submit(
     // alarm, a reconnect) must not hold the submit, or the SDK retries it. The outbox
     // sends what this did not.
     match tokio::time::timeout(PUBLISH_WAIT, dispatch::publish_tasks(&state, &stored)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             tracing::warn!(%error, tasks = stored.len(), "tasks stored; the outbox will send them");
         }
@@ -215,10 +215,21 @@ pub async fn submit(
             .await
         {
             Ok(true) => {
-                if let Err(error) =
-                    dispatch::publish_start_command(&state, endpoint_id, &command).await
-                {
-                    tracing::warn!(%error, uep_id = %route.target, "could not ask the MEP to start the UEP");
+                // Bounded like the tasks' publish; a command that does not go out now
+                // is sent again by the outbox once the retry delay has passed.
+                let sent = tokio::time::timeout(
+                    PUBLISH_WAIT,
+                    dispatch::publish_start_command(&state, endpoint_id, &command),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, uep_id = %route.target, "could not ask the MEP to start the UEP");
+                    }
+                    Err(_) => {
+                        tracing::warn!(uep_id = %route.target, "the broker is slow to confirm the start command");
+                    }
                 }
             }
             Ok(false) => {}
