@@ -132,7 +132,7 @@ async fn handle_and_settle(
         // endpoint's status. The next heartbeat carries the state again (and a failed
         // start is reported again when the MEP is asked again).
         let give_up = queue != RESULTS_QUEUE && attempts >= HEARTBEAT_ATTEMPTS;
-        if give_up {
+        if give_up && matches!(outcome, Outcome::Retry) {
             tracing::error!(
                 queue,
                 attempts,
