@@ -30,6 +30,11 @@ pub struct Outgoing<'a> {
     pub properties: BasicProperties,
 }
 
+/// The longest Gantry waits on RabbitMQ for one step (a connection, a batch of publish
+/// confirms): a broker that stalls (a memory alarm blocks publishers) must not hold a
+/// caller forever.
+pub const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connection with a confirming publisher channel.
 #[derive(Clone)]
 pub struct Broker {
@@ -50,8 +55,13 @@ fn s(text: &str) -> ShortString {
 impl Broker {
     /// Connects to `url` (`amqp://user:password@host:port/vhost`).
     pub async fn connect(url: &str) -> Result<Broker, BrokerError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        let connecting = Connection::connect(url, ConnectionProperties::default());
+        let connection = tokio::time::timeout(BROKER_WAIT, connecting)
             .await
+            .map_err(|_| BrokerError::Timeout {
+                doing: "connecting",
+                seconds: BROKER_WAIT.as_secs(),
+            })?
             .map_err(|e| BrokerError::Connect {
                 url: redact(url),
                 source: e,
@@ -191,27 +201,35 @@ impl Broker {
         &self,
         messages: &[Outgoing<'_>],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + BROKER_WAIT;
+        let timed_out = |doing| BrokerError::Timeout {
+            doing,
+            seconds: BROKER_WAIT.as_secs(),
+        };
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let properties = message.properties.clone().with_delivery_mode(2);
-            let confirm = self
-                .publisher
-                .basic_publish(
-                    s(message.exchange),
-                    s(message.routing_key),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    message.body,
-                    properties,
-                )
-                .await?;
+            let publishing = self.publisher.basic_publish(
+                s(message.exchange),
+                s(message.routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                message.body,
+                properties,
+            );
+            let confirm = tokio::time::timeout_at(deadline, publishing)
+                .await
+                .map_err(|_| timed_out("publishing"))??;
             pending.push((confirm, message.exchange, message.routing_key));
         }
         let mut outcomes = Vec::with_capacity(pending.len());
         for (confirm, exchange, routing_key) in pending {
-            outcomes.push(match confirm.await? {
+            let confirmation = tokio::time::timeout_at(deadline, confirm)
+                .await
+                .map_err(|_| timed_out("waiting for publish confirms"))??;
+            outcomes.push(match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
                     exchange: exchange.to_owned(),
@@ -248,9 +266,12 @@ impl Broker {
             .await?)
     }
 
-    /// Closes the connection.
+    /// Closes the connection, waiting a few seconds at most for the broker to agree
+    /// (a connection with a channel the broker is closing may never get its close-ok;
+    /// dropping it then is enough).
     pub async fn close(&self) {
-        let _ = self.connection.close(200, s("bye")).await;
+        let closing = self.connection.close(200, s("bye"));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closing).await;
     }
 }
 

@@ -54,6 +54,15 @@ pub enum BrokerError {
         /// Routing key used.
         routing_key: String,
     },
+    /// The broker did not answer in time (a connection that stalls, a confirm that
+    /// never comes); what was sent may or may not have arrived.
+    #[error("RabbitMQ did not answer within {seconds} s while {doing}")]
+    Timeout {
+        /// What was waited for.
+        doing: &'static str,
+        /// How long.
+        seconds: u64,
+    },
     /// The management API refused or failed a request.
     #[error("RabbitMQ management API: {action} failed: {detail}")]
     Management {

@@ -144,10 +144,12 @@ pub struct RunningUep {
 }
 
 impl RunningUep {
-    /// Stops it (it announces `heartbeat_period: 0`) and waits.
+    /// Stops it (it announces `heartbeat_period: 0`) and waits, at most a minute.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.handle.await?
+        tokio::time::timeout(STOP_WAIT, self.handle)
+            .await
+            .context("the test UEP did not stop within a minute")??
     }
 }
 
@@ -179,6 +181,9 @@ async fn heartbeat(
         .await?;
     Ok(())
 }
+
+/// How long stopping a test UEP or MEP may take before it is reported as hung.
+const STOP_WAIT: Duration = Duration::from_secs(60);
 
 /// The most tasks a test UEP takes at once (also its prefetch).
 const TASKS_PER_BATCH: usize = 32;
@@ -340,7 +345,9 @@ impl RunningMep {
     /// Stops the MEP and every UEP it started.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.handle.await??;
+        tokio::time::timeout(STOP_WAIT, self.handle)
+            .await
+            .context("the test MEP did not stop within a minute")???;
         let ueps: Vec<RunningUep> = self.ueps.lock().await.drain().map(|(_, u)| u).collect();
         for uep in ueps {
             uep.stop().await?;
