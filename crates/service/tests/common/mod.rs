@@ -147,6 +147,53 @@ impl TestService {
     }
 }
 
+/// The longest an SDK scenario may run: a lost result must fail the test, not hang it.
+const SDK_SCENARIO_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs `command` to completion, or kills it after `limit` and fails the test with
+/// what it printed.
+fn output_within(
+    mut command: Command,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command.spawn().expect("run the SDK script");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stdout.read_to_end(&mut buffer);
+        buffer
+    });
+    let err = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stderr.read_to_end(&mut buffer);
+        buffer
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the SDK script") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "SDK scenario {what} ran past {} s and was killed:\n{}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&err.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 /// Runs a scenario of `python/sdk_client.py` with the real SDK; returns its JSON.
 pub fn run_sdk(scenario: &str, env: &[(&str, String)]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_client.py");
@@ -163,7 +210,7 @@ pub fn run_sdk(scenario: &str, env: &[(&str, String)]) -> Value {
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = command.output().expect("run the SDK script");
+    let output = output_within(command, SDK_SCENARIO_LIMIT, scenario);
     assert!(
         output.status.success(),
         "SDK scenario {scenario} failed ({}):\n{}",
