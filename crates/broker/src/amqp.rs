@@ -40,6 +40,9 @@ pub const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Broker {
     connection: std::sync::Arc<Connection>,
     publisher: Channel,
+    /// Set when a step on this connection timed out: it is not trusted again, and
+    /// [`crate::SharedBroker`] replaces it.
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -73,12 +76,16 @@ impl Broker {
         Ok(Broker {
             connection: std::sync::Arc::new(connection),
             publisher,
+            stalled: Default::default(),
         })
     }
 
     /// A new channel, e.g. for a consumer.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        Ok(self.connection.create_channel().await?)
+        self.bounded("opening a channel", async {
+            Ok(self.connection.create_channel().await?)
+        })
+        .await
     }
 
     /// Whether the connection is still up.
@@ -86,62 +93,91 @@ impl Broker {
         self.connection.status().connected()
     }
 
-    /// Whether the publishing channel is still open (a refused operation closes it).
+    /// Whether the publishing channel is still open (a refused operation closes it)
+    /// and no step on this connection has timed out.
     pub fn publisher_open(&self) -> bool {
         self.publisher.status().connected()
+            && !self.stalled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs one broker step, failing it after [`BROKER_WAIT`]: an RPC on a channel the
+    /// broker is closing, or on a blocked connection, may otherwise never return. A
+    /// step that times out marks the connection stalled.
+    async fn bounded<T>(
+        &self,
+        doing: &'static str,
+        work: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(BROKER_WAIT, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.stalled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(BrokerError::Timeout {
+                    doing,
+                    seconds: BROKER_WAIT.as_secs(),
+                })
+            }
+        }
     }
 
     /// Declares the shared exchanges and queues (idempotent).
     pub async fn declare_base_topology(&self) -> Result<(), BrokerError> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        let ch = &self.publisher;
-        ch.exchange_declare(
-            s(TASKS_EXCHANGE),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-        for (exchange, queue, pattern) in [
-            (RESULTS_EXCHANGE, RESULTS_QUEUE, "*.results"),
-            (HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, "*.heartbeats"),
-        ] {
+        self.bounded("declaring the base topology", async {
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let ch = &self.publisher;
             ch.exchange_declare(
-                s(exchange),
-                ExchangeKind::Topic,
+                s(TASKS_EXCHANGE),
+                ExchangeKind::Direct,
                 durable,
                 FieldTable::default(),
             )
             .await?;
-            self.declare_queue(queue).await?;
-            ch.queue_bind(
-                s(queue),
-                s(exchange),
-                s(pattern),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        }
-        Ok(())
+            for (exchange, queue, pattern) in [
+                (RESULTS_EXCHANGE, RESULTS_QUEUE, "*.results"),
+                (HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, "*.heartbeats"),
+            ] {
+                ch.exchange_declare(
+                    s(exchange),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+                self.declare_queue(queue).await?;
+                ch.queue_bind(
+                    s(queue),
+                    s(exchange),
+                    s(pattern),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Declares a durable queue (idempotent).
     pub async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        self.publisher
-            .queue_declare(
-                s(queue),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(())
+        self.bounded("declaring a queue", async {
+            self.publisher
+                .queue_declare(
+                    s(queue),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Declares an endpoint's own queue: the task queue (bound to `tasks`) of a UEP or
@@ -151,37 +187,46 @@ impl Broker {
         ep: Uuid,
         multi_user: bool,
     ) -> Result<(), BrokerError> {
-        if multi_user {
-            return self.declare_queue(&command_queue(ep)).await;
-        }
-        let queue = task_queue(ep);
-        self.declare_queue(&queue).await?;
-        self.publisher
-            .queue_bind(
-                s(&queue),
-                s(TASKS_EXCHANGE),
-                s(&task_routing_key(ep)),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(())
+        self.bounded("declaring an endpoint's queue", async {
+            if multi_user {
+                return self.declare_queue(&command_queue(ep)).await;
+            }
+            let queue = task_queue(ep);
+            self.declare_queue(&queue).await?;
+            self.publisher
+                .queue_bind(
+                    s(&queue),
+                    s(TASKS_EXCHANGE),
+                    s(&task_routing_key(ep)),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Drops every message waiting in a queue; returns how many there were.
     pub async fn purge_queue(&self, queue: &str) -> Result<u32, BrokerError> {
-        Ok(self
-            .publisher
-            .queue_purge(s(queue), lapin::options::QueuePurgeOptions::default())
-            .await?)
+        self.bounded("purging a queue", async {
+            Ok(self
+                .publisher
+                .queue_purge(s(queue), lapin::options::QueuePurgeOptions::default())
+                .await?)
+        })
+        .await
     }
 
     /// Deletes a queue (when its endpoint is deleted).
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        self.publisher
-            .queue_delete(s(queue), QueueDeleteOptions::default())
-            .await?;
-        Ok(())
+        self.bounded("deleting a queue", async {
+            self.publisher
+                .queue_delete(s(queue), QueueDeleteOptions::default())
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Publishes every message (persistent, mandatory) and waits for the broker's
@@ -202,9 +247,13 @@ impl Broker {
         messages: &[Outgoing<'_>],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         let deadline = tokio::time::Instant::now() + BROKER_WAIT;
-        let timed_out = |doing| BrokerError::Timeout {
-            doing,
-            seconds: BROKER_WAIT.as_secs(),
+        let timed_out = |doing| {
+            self.stalled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            BrokerError::Timeout {
+                doing,
+                seconds: BROKER_WAIT.as_secs(),
+            }
         };
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
@@ -252,18 +301,21 @@ impl Broker {
         tag: &str,
         prefetch: u16,
     ) -> Result<Consumer, BrokerError> {
-        let channel = self.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        Ok(channel
-            .basic_consume(
-                s(queue),
-                s(tag),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?)
+        self.bounded("starting a consumer", async {
+            let channel = self.channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            Ok(channel
+                .basic_consume(
+                    s(queue),
+                    s(tag),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?)
+        })
+        .await
     }
 
     /// Closes the connection, waiting a few seconds at most for the broker to agree

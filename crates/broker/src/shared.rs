@@ -41,7 +41,9 @@ impl SharedBroker {
             tracing::warn!("the broker connection was lost; reconnecting");
             let broker = Broker::connect(&self.url).await?;
             broker.declare_base_topology().await?;
-            *current = broker;
+            let old = std::mem::replace(&mut *current, broker);
+            // A stalled connection may still be open: close it (bounded) in the background.
+            tokio::spawn(async move { old.close().await });
             tracing::info!("reconnected to the broker");
         }
         Ok(current.clone())
