@@ -230,4 +230,19 @@ async fn main() {
     for row in rows {
         println!("{row}");
     }
+    if let Some(peak) = peak_resident_kib() {
+        println!(
+            "\npeak resident memory of this process (service, test endpoint and load, both runs): {:.1} MiB",
+            peak as f64 / 1024.0
+        );
+    }
+}
+
+/// `VmHWM` of this process, in KiB (Linux).
+fn peak_resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
