@@ -382,24 +382,9 @@ impl Store {
             .map(|c| parse_uuid(c, "endpoint id"))
             .collect::<StoreResult<_>>()?;
         removed.push(endpoint_id);
-        let error = serde_json::json!({"code": code, "user_message": message}).to_string();
         let mut failed = Vec::new();
         for id in &removed {
-            let rows = sqlx::query(
-                "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
-                   completed_at = $3, task_buffer = NULL, forward_pending = 1 \
-                 WHERE endpoint_id = $4 AND status IN ('waiting-for-ep', 'running') \
-                 RETURNING *",
-            )
-            .bind(message)
-            .bind(&error)
-            .bind(now_ms())
-            .bind(id.to_string())
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &rows {
-                failed.push(crate::tasks::task_from_row(row)?);
-            }
+            failed.extend(crate::tasks::fail_endpoint_tasks(&mut *tx, *id, code, message).await?);
         }
         tx.commit().await?;
         Ok((removed, failed))

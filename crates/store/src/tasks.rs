@@ -149,7 +149,7 @@ pub struct StoredResult {
     pub task_statuses: Option<Value>,
 }
 
-pub(crate) fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
+fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
     let uuid = |column: &str| -> StoreResult<Uuid> {
         parse_uuid(&row.try_get::<String, _>(column)?, column)
     };
@@ -353,10 +353,15 @@ impl Store {
 
     /// Forgets the messages of tasks the broker has confirmed.
     pub async fn mark_enqueued(&self, task_ids: &[Uuid]) -> StoreResult<()> {
+        self.update_tasks(task_ids, "task_buffer = NULL").await
+    }
+
+    /// Sets `assignment` (fixed SQL) on the given tasks, in chunks.
+    async fn update_tasks(&self, task_ids: &[Uuid], assignment: &'static str) -> StoreResult<()> {
         for chunk in task_ids.chunks(INSERT_CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "UPDATE tasks SET task_buffer = NULL WHERE task_id IN ({})",
+                "UPDATE tasks SET {assignment} WHERE task_id IN ({})",
                 placeholders.join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -497,22 +502,7 @@ impl Store {
         code: &str,
         message: &str,
     ) -> StoreResult<Vec<TaskRecord>> {
-        let error = serde_json::json!({"code": code, "user_message": message}).to_string();
-        sqlx::query(
-            "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
-               completed_at = $3, task_buffer = NULL, forward_pending = 1 \
-             WHERE endpoint_id = $4 AND status IN ('waiting-for-ep', 'running') \
-             RETURNING *",
-        )
-        .bind(message)
-        .bind(&error)
-        .bind(now_ms())
-        .bind(endpoint_id.to_string())
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(task_from_row)
-        .collect()
+        fail_endpoint_tasks(&self.pool, endpoint_id, code, message).await
     }
 
     /// Fails those of `task_ids` that are unfinished, as [`Store::fail_pending_tasks`]
@@ -550,19 +540,7 @@ impl Store {
 
     /// Records that these tasks' failures reached their submitters' queues.
     pub async fn mark_forwarded(&self, task_ids: &[Uuid]) -> StoreResult<()> {
-        for chunk in task_ids.chunks(INSERT_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "UPDATE tasks SET forward_pending = 0 WHERE task_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for task_id in chunk {
-                query = query.bind(task_id.to_string());
-            }
-            query.execute(&self.pool).await?;
-        }
-        Ok(())
+        self.update_tasks(task_ids, "forward_pending = 0").await
     }
 
     /// Up to `limit` failures the service made that completed before `completed_before`
@@ -585,6 +563,32 @@ impl Store {
         .map(task_from_row)
         .collect()
     }
+}
+
+/// Fails an endpoint's unfinished tasks with `message`, marked to be forwarded; on the
+/// pool or inside a caller's transaction.
+pub(crate) async fn fail_endpoint_tasks<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    endpoint_id: Uuid,
+    code: &str,
+    message: &str,
+) -> StoreResult<Vec<TaskRecord>> {
+    let error = serde_json::json!({"code": code, "user_message": message}).to_string();
+    sqlx::query(
+        "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
+           completed_at = $3, task_buffer = NULL, forward_pending = 1 \
+         WHERE endpoint_id = $4 AND status IN ('waiting-for-ep', 'running') \
+         RETURNING *",
+    )
+    .bind(message)
+    .bind(error)
+    .bind(now_ms())
+    .bind(endpoint_id.to_string())
+    .fetch_all(executor)
+    .await?
+    .iter()
+    .map(task_from_row)
+    .collect()
 }
 
 /// The code and user message of a failed task's `error_code` column.
