@@ -108,16 +108,18 @@ impl Broker {
         doing: &'static str,
         work: impl std::future::Future<Output = Result<T, BrokerError>>,
     ) -> Result<T, BrokerError> {
-        match tokio::time::timeout(BROKER_WAIT, work).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.stalled
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                Err(BrokerError::Timeout {
-                    doing,
-                    seconds: BROKER_WAIT.as_secs(),
-                })
-            }
+        tokio::time::timeout(BROKER_WAIT, work)
+            .await
+            .unwrap_or_else(|_| Err(self.stall(doing)))
+    }
+
+    /// Marks this connection stalled and says what timed out.
+    fn stall(&self, doing: &'static str) -> BrokerError {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        BrokerError::Timeout {
+            doing,
+            seconds: BROKER_WAIT.as_secs(),
         }
     }
 
@@ -247,14 +249,6 @@ impl Broker {
         messages: &[Outgoing<'_>],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         let deadline = tokio::time::Instant::now() + BROKER_WAIT;
-        let timed_out = |doing| {
-            self.stalled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            BrokerError::Timeout {
-                doing,
-                seconds: BROKER_WAIT.as_secs(),
-            }
-        };
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let properties = message.properties.clone().with_delivery_mode(2);
@@ -270,14 +264,14 @@ impl Broker {
             );
             let confirm = tokio::time::timeout_at(deadline, publishing)
                 .await
-                .map_err(|_| timed_out("publishing"))??;
+                .map_err(|_| self.stall("publishing"))??;
             pending.push((confirm, message.exchange, message.routing_key));
         }
         let mut outcomes = Vec::with_capacity(pending.len());
         for (confirm, exchange, routing_key) in pending {
             let confirmation = tokio::time::timeout_at(deadline, confirm)
                 .await
-                .map_err(|_| timed_out("waiting for publish confirms"))??;
+                .map_err(|_| self.stall("waiting for publish confirms"))??;
             outcomes.push(match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {

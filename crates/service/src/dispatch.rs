@@ -235,10 +235,7 @@ pub fn start_command(
 pub async fn resend_start_commands(state: &AppState) -> anyhow::Result<()> {
     let now = gantry_store::now_ms();
     let retry_after = state.settings.start_retry_after_ms;
-    let candidates = state
-        .store
-        .ueps_awaiting_start(now - retry_after, now - retry_after)
-        .await?;
+    let candidates = state.store.ueps_awaiting_start(now - retry_after).await?;
     for uep in candidates {
         let Some(binding) = &uep.uep else { continue };
         if uep.is_online(now) {

@@ -94,8 +94,13 @@ impl EndpointRecord {
 
     /// The start failure the last heartbeat reported (`global_state.error`), if any.
     pub fn start_error(&self) -> Option<&str> {
-        self.global_state.as_ref()?.get("error")?.as_str()
+        start_error_of(self.global_state.as_ref()?)
     }
+}
+
+/// The start failure a heartbeat's `global_state` reports, if any.
+fn start_error_of(global_state: &Map<String, Value>) -> Option<&str> {
+    global_state.get("error")?.as_str()
 }
 
 fn bool_of(row: &AnyRow, column: &str) -> StoreResult<bool> {
@@ -275,24 +280,19 @@ impl Store {
         Ok(uep)
     }
 
-    /// User endpoints with an unfinished task submitted before `waiting_since` (ms) and
-    /// no start request since `requested_since` (ms): candidates for asking their MEP
-    /// again (the first command was lost, the MEP dropped it, or the UEP died, its
-    /// running tasks back on its queue). The caller decides with
-    /// [`EndpointRecord::is_online`] and the MEP's own state.
-    pub async fn ueps_awaiting_start(
-        &self,
-        waiting_since: i64,
-        requested_since: i64,
-    ) -> StoreResult<Vec<EndpointRecord>> {
+    /// User endpoints with an unfinished task submitted before `cutoff` (ms) and no
+    /// start request since then: candidates for asking their MEP again (the first
+    /// command was lost, the MEP dropped it, or the UEP died, its running tasks back on
+    /// its queue). The caller decides with [`EndpointRecord::is_online`] and the MEP's
+    /// own state.
+    pub async fn ueps_awaiting_start(&self, cutoff: i64) -> StoreResult<Vec<EndpointRecord>> {
         sqlx::query(
             "SELECT * FROM endpoints e WHERE e.parent_endpoint_id IS NOT NULL \
                AND (e.start_requested_at IS NULL OR e.start_requested_at < $1) \
                AND EXISTS (SELECT 1 FROM tasks t WHERE t.endpoint_id = e.endpoint_id \
-                 AND t.status IN ('waiting-for-ep', 'running') AND t.created_at < $2)",
+                 AND t.status IN ('waiting-for-ep', 'running') AND t.created_at < $1)",
         )
-        .bind(requested_since)
-        .bind(waiting_since)
+        .bind(cutoff)
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -327,7 +327,7 @@ impl Store {
         heartbeat_period: Option<f64>,
         global_state: &Map<String, Value>,
     ) -> StoreResult<bool> {
-        let failed_start = global_state.get("error").is_some_and(Value::is_string);
+        let failed_start = start_error_of(global_state).is_some();
         let done = sqlx::query(
             "UPDATE endpoints SET heartbeat_period = $1, last_heartbeat_at = $2, \
                global_state = $3, \

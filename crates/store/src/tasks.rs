@@ -334,11 +334,10 @@ impl Store {
     pub async fn still_unsent(&self, task_ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
         let mut unsent = Vec::with_capacity(task_ids.len());
         for chunk in task_ids.chunks(INSERT_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT task_id FROM tasks WHERE status = 'waiting-for-ep' \
                    AND task_buffer IS NOT NULL AND task_id IN ({})",
-                placeholders.join(", ")
+                placeholders(1, chunk.len())
             );
             let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
             for task_id in chunk {
@@ -359,10 +358,9 @@ impl Store {
     /// Sets `assignment` (fixed SQL) on the given tasks, in chunks.
     async fn update_tasks(&self, task_ids: &[Uuid], assignment: &'static str) -> StoreResult<()> {
         for chunk in task_ids.chunks(INSERT_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "UPDATE tasks SET {assignment} WHERE task_id IN ({})",
-                placeholders.join(", ")
+                placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for task_id in chunk {
@@ -435,9 +433,10 @@ impl Store {
             Some(_) => (None, Some(&result.data)),
             None => (Some(&result.data), None),
         };
-        let error_code = result.error.as_ref().map(|(code, message)| {
-            serde_json::json!({"code": code, "user_message": message}).to_string()
-        });
+        let error_code = result
+            .error
+            .as_ref()
+            .map(|(code, message)| error_code_text(code, message));
         sqlx::query(
             "UPDATE tasks SET status = $1, result = $2, exception = $3, error_code = $4, \
                details = $5, task_statuses = $6, completed_at = $7, task_buffer = NULL \
@@ -513,16 +512,12 @@ impl Store {
         code: &str,
         message: &str,
     ) -> StoreResult<Vec<TaskRecord>> {
-        let error = serde_json::json!({"code": code, "user_message": message}).to_string();
+        let error = error_code_text(code, message);
         let mut failed = Vec::with_capacity(task_ids.len());
         for chunk in task_ids.chunks(INSERT_CHUNK) {
-            let placeholders: Vec<String> = (4..4 + chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
-                   completed_at = $3, task_buffer = NULL, forward_pending = 1 \
-                 WHERE status IN ('waiting-for-ep', 'running') AND task_id IN ({}) \
-                 RETURNING *",
-                placeholders.join(", ")
+                "{FAIL_UNFINISHED} AND task_id IN ({}) RETURNING *",
+                placeholders(4, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(message)
@@ -573,22 +568,36 @@ pub(crate) async fn fail_endpoint_tasks<'e>(
     code: &str,
     message: &str,
 ) -> StoreResult<Vec<TaskRecord>> {
-    let error = serde_json::json!({"code": code, "user_message": message}).to_string();
-    sqlx::query(
-        "UPDATE tasks SET status = 'failed', exception = $1, error_code = $2, \
-           completed_at = $3, task_buffer = NULL, forward_pending = 1 \
-         WHERE endpoint_id = $4 AND status IN ('waiting-for-ep', 'running') \
-         RETURNING *",
-    )
-    .bind(message)
-    .bind(error)
-    .bind(now_ms())
-    .bind(endpoint_id.to_string())
-    .fetch_all(executor)
-    .await?
-    .iter()
-    .map(task_from_row)
-    .collect()
+    let sql = format!("{FAIL_UNFINISHED} AND endpoint_id = $4 RETURNING *");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(message)
+        .bind(error_code_text(code, message))
+        .bind(now_ms())
+        .bind(endpoint_id.to_string())
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(task_from_row)
+        .collect()
+}
+
+/// Fails unfinished tasks with `$1` (message), `$2` (error code JSON) at `$3` (ms),
+/// marked to be forwarded; the caller adds which tasks (`AND ...`) and `RETURNING`.
+const FAIL_UNFINISHED: &str = "UPDATE tasks SET status = 'failed', exception = $1, \
+    error_code = $2, completed_at = $3, task_buffer = NULL, forward_pending = 1 \
+    WHERE status IN ('waiting-for-ep', 'running')";
+
+/// `$first, $first+1, ...`: `count` numbered placeholders for an `IN (...)` list.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `error_code` column of a failed task; [`error_details_of`] reads it back.
+fn error_code_text(code: &str, message: &str) -> String {
+    serde_json::json!({"code": code, "user_message": message}).to_string()
 }
 
 /// The code and user message of a failed task's `error_code` column.
