@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BACKENDS, Backend, TestService, sdk};
-use gantry_protocol::rest::EndpointRegistrationRequest;
+use gantry_protocol::rest::{EndpointRegistrationRequest, EndpointRegistrationResponse};
 use gantry_protocol::uep_id::derive_uep_id;
 use gantry_store::TaskStatus;
 use gantry_test_endpoint::{Executor, StartBehaviour, creds_of, register, run_mep, run_uep};
@@ -23,6 +23,23 @@ fn registration(name: &str, multi_user: bool) -> EndpointRegistrationRequest {
     .unwrap()
 }
 
+/// An endpoint client "site" on `service` and the endpoint it registered.
+async fn register_site(
+    service: &TestService,
+    name: &str,
+    multi_user: bool,
+) -> (String, EndpointRegistrationResponse) {
+    let (_, client_token) = service.endpoint_client("site").await;
+    let registered = register(
+        &service.url(),
+        &client_token,
+        &registration(name, multi_user),
+    )
+    .await
+    .unwrap();
+    (client_token, registered)
+}
+
 fn python() -> Executor {
     Executor::Python(gantry_testkit::venv_python())
 }
@@ -32,10 +49,7 @@ async fn the_sdk_executor_gets_results_through_a_plain_endpoint() {
     for backend in BACKENDS {
         let service = TestService::start(backend, true).await;
         let (_, token) = service.user("alice@example.org").await;
-        let (_, client_token) = service.endpoint_client("site").await;
-        let registered = register(&service.url(), &client_token, &registration("plain", false))
-            .await
-            .unwrap();
+        let (_, registered) = register_site(&service, "plain", false).await;
         let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
             .await
             .unwrap();
@@ -107,10 +121,7 @@ async fn the_sdk_executor_gets_results_through_a_plain_endpoint() {
 async fn a_mep_gets_one_start_command_per_user_configuration() {
     let service = TestService::start(Backend::Sqlite, true).await;
     let (alice, token) = service.user("alice@example.org").await;
-    let (_, client_token) = service.endpoint_client("site").await;
-    let registered = register(&service.url(), &client_token, &registration("mep", true))
-        .await
-        .unwrap();
+    let (_, registered) = register_site(&service, "mep", true).await;
     assert!(registered.command_queue_info.is_some() && registered.task_queue_info.is_none());
     let mep = run_mep(&registered, StartBehaviour::Start(python()), 2.0)
         .await
@@ -197,10 +208,7 @@ async fn a_mep_gets_one_start_command_per_user_configuration() {
 async fn a_failed_uep_start_fails_the_waiting_tasks_with_its_reason() {
     let service = TestService::start(Backend::Sqlite, true).await;
     let (_, token) = service.user("bob@example.org").await;
-    let (_, client_token) = service.endpoint_client("site").await;
-    let registered = register(&service.url(), &client_token, &registration("mep", true))
-        .await
-        .unwrap();
+    let (_, registered) = register_site(&service, "mep", true).await;
     let reason = "identity bob@example.org maps to no local user";
     let mep = run_mep(&registered, StartBehaviour::Fail(reason.into()), 2.0)
         .await
@@ -262,10 +270,7 @@ async fn tasks_and_results_survive_a_service_restart() {
     for backend in BACKENDS {
         let mut service = TestService::start(backend, true).await;
         let (_, token) = service.user("carol@example.org").await;
-        let (_, client_token) = service.endpoint_client("site").await;
-        let registered = register(&service.url(), &client_token, &registration("plain", false))
-            .await
-            .unwrap();
+        let (_, registered) = register_site(&service, "plain", false).await;
         let env = vec![
             ("GANTRY_TOKEN", token.clone()),
             ("ENDPOINT_ID", registered.endpoint_id.to_string()),
@@ -311,11 +316,8 @@ async fn tasks_and_results_survive_a_service_restart() {
 async fn deleting_an_endpoint_fails_its_waiting_tasks() {
     let service = TestService::start(Backend::Sqlite, true).await;
     let (_, token) = service.user("dave@example.org").await;
-    let (_, client_token) = service.endpoint_client("site").await;
     // A plain endpoint that never comes online: its tasks wait in its queue.
-    let registered = register(&service.url(), &client_token, &registration("idle", false))
-        .await
-        .unwrap();
+    let (client_token, registered) = register_site(&service, "idle", false).await;
     let env = vec![
         ("GANTRY_TOKEN", token),
         ("ENDPOINT_ID", registered.endpoint_id.to_string()),
@@ -372,10 +374,7 @@ async fn deleting_an_endpoint_fails_its_waiting_tasks() {
 async fn a_lost_start_command_is_sent_again_once_the_mep_is_online() {
     let service = TestService::start(Backend::Postgres, true).await;
     let (_, token) = service.user("erin@example.org").await;
-    let (_, client_token) = service.endpoint_client("site").await;
-    let registered = register(&service.url(), &client_token, &registration("mep", true))
-        .await
-        .unwrap();
+    let (_, registered) = register_site(&service, "mep", true).await;
     // The MEP is down when erin submits, and its start command is lost.
     let env = vec![
         ("GANTRY_TOKEN", token),
