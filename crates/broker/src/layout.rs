@@ -15,7 +15,19 @@
 
 use uuid::Uuid;
 
-use crate::management::Permissions;
+
+/// What a broker account may do, as RabbitMQ's regular expressions over resource names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Queues and exchanges it may declare or delete (`^$`: none).
+    pub configure: String,
+    /// Exchanges it may publish to and queues it may bind.
+    pub write: String,
+    /// Queues it may consume from and exchanges it may bind from.
+    pub read: String,
+    /// Per topic exchange: which routing keys it may publish with.
+    pub topic_write: Vec<(String, String)>,
+}
 
 /// The direct exchange tasks are published to.
 pub const TASKS_EXCHANGE: &str = "tasks";

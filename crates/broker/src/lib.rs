@@ -1,17 +1,14 @@
-//! Gantry's RabbitMQ layer, shared by the service and the endpoints.
+//! Gantry's RabbitMQ client, shared by the service and the endpoints. Account
+//! provisioning, which only the service does, lives in `gantry-broker-accounts`, so an
+//! endpoint links the AMQP client alone.
 //!
 //! - [`layout`]: the names of every exchange, queue and account, and what each account
 //!   may do;
-//! - [`management`]: the management HTTP API, with which the service provisions
-//!   per-endpoint and per-user accounts that reach only their own queues;
-//! - [`credentials`]: account passwords derived from one service secret;
 //! - [`amqp`]: connecting, declaring, publishing with confirms, consuming;
 //! - [`shared`]: a connection that reconnects when the broker comes back.
 
 pub mod amqp;
-pub mod credentials;
 pub mod layout;
-pub mod management;
 pub mod shared;
 
 pub use amqp::{Broker, Outgoing};

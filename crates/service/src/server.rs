@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use gantry_broker::SharedBroker;
-use gantry_broker::management::Management;
+use gantry_broker_accounts::management::Management;
 use gantry_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use gantry_broker::management::Management;
+use gantry_broker_accounts::management::Management;
 use gantry_broker::{Broker, BrokerError, SharedBroker};
 use gantry_store::Store;
 
@@ -70,7 +70,7 @@ impl AppState {
     /// The AMQP URL of `account` as clients reach the broker.
     pub fn client_amqp_url(&self, account: &str) -> String {
         let password =
-            gantry_broker::credentials::account_password(&self.settings.broker_secret, account);
+            gantry_broker_accounts::credentials::account_password(&self.settings.broker_secret, account);
         let vhost = url_escape(&self.settings.vhost);
         format!(
             "{}://{account}:{password}@{}/{vhost}",
@@ -82,13 +82,13 @@ impl AppState {
     pub async fn provision_account(
         &self,
         account: &str,
-        permissions: &gantry_broker::management::Permissions,
+        permissions: &gantry_broker::layout::Permissions,
     ) -> Result<(), BrokerError> {
         if self.provisioned.lock().expect("lock").contains(account) {
             return Ok(());
         }
         let password =
-            gantry_broker::credentials::account_password(&self.settings.broker_secret, account);
+            gantry_broker_accounts::credentials::account_password(&self.settings.broker_secret, account);
         self.management
             .put_account(&self.settings.vhost, account, &password, permissions)
             .await?;

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use gantry_broker::management::Management;
+use gantry_broker_accounts::management::Management;
 use gantry_service::server::{RunningService, ServeConfig, start};
 use serde_json::Value;
 

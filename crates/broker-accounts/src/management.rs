@@ -4,20 +4,8 @@
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 
-use crate::BrokerError;
-
-/// What a broker account may do, as RabbitMQ's regular expressions over resource names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permissions {
-    /// Queues and exchanges it may declare or delete (`^$`: none).
-    pub configure: String,
-    /// Exchanges it may publish to and queues it may bind.
-    pub write: String,
-    /// Queues it may consume from and exchanges it may bind from.
-    pub read: String,
-    /// Per topic exchange: which routing keys it may publish with.
-    pub topic_write: Vec<(String, String)>,
-}
+use gantry_broker::BrokerError;
+pub use gantry_broker::layout::Permissions;
 
 /// A client for the management API at a base URL such as `http://guest:guest@127.0.0.1:15672`.
 #[derive(Debug, Clone)]
@@ -159,7 +147,7 @@ impl Management {
             Ok(Some(serde_json::Value::Array(entries))) => entries
                 .iter()
                 .filter_map(|entry| entry.get("user")?.as_str())
-                .filter(|user| crate::layout::is_provisioned_account(user))
+                .filter(|user| gantry_broker::layout::is_provisioned_account(user))
                 .map(str::to_owned)
                 .collect(),
             Ok(_) => Vec::new(),
