@@ -247,13 +247,16 @@ impl EndpointClient {
     ) -> Result<reqwest::Response, ClientError> {
         let token = self.token().await?;
         let request = build(&token);
-        request.send().await.map_err(|source| ClientError::Unreachable {
-            url: source
-                .url()
-                .map(|u| u.to_string())
-                .unwrap_or_else(|| self.base.clone()),
-            source,
-        })
+        request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: source
+                    .url()
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| self.base.clone()),
+                source,
+            })
     }
 }
 
@@ -272,7 +275,10 @@ async fn decode<T: serde::de::DeserializeOwned>(
     if !status.is_success() {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(error) => (Some(error.code), error.message),
-            Err(_) => (None, String::from_utf8_lossy(&body).chars().take(500).collect()),
+            Err(_) => (
+                None,
+                String::from_utf8_lossy(&body).chars().take(500).collect(),
+            ),
         };
         return Err(ClientError::Refused {
             what,
