@@ -198,7 +198,8 @@ async fn run(backend: &str, database_url: String) -> Vec<String> {
     uep.stop().await.unwrap();
     service.stop().await;
     let management =
-        gantry_broker_accounts::management::Management::new(&gantry_testkit::amqp_admin_url()).unwrap();
+        gantry_broker_accounts::management::Management::new(&gantry_testkit::amqp_admin_url())
+            .unwrap();
     management.delete_vhost_and_accounts(&vhost).await.unwrap();
     rows
 }

@@ -10,11 +10,12 @@ use gantry_broker::lapin::message::Delivery;
 use gantry_broker::lapin::options::BasicAckOptions;
 use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of, task_queue};
 use gantry_protocol::messagepack::{Message, TaskState};
-use gantry_store::StoredResult;
+use gantry_store::{StoredResult, announces_stop};
 use uuid::Uuid;
 
 use crate::dispatch::{forward_failures, forward_result};
 use crate::state::AppState;
+use crate::uep_start;
 
 /// The code of results the service makes for tasks whose UEP could not start.
 pub const START_FAILED_CODE: &str = "ENDPOINT_START_FAILED";
@@ -263,18 +264,20 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
     };
     // An endpoint speaks for itself; a MEP also for its own UEPs (e.g. a failed start).
     let subject = report.endpoint_id;
-    if subject != sender {
-        match state.store.endpoint(subject).await {
-            Ok(Some(ep)) if ep.uep.as_ref().is_some_and(|u| u.mep_id == sender) => {}
-            Ok(_) => {
-                tracing::warn!(endpoint_id = %sender, subject = %subject, "dropping a heartbeat about an endpoint the sender does not own");
-                return Outcome::Ack;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot check a heartbeat's sender; will retry");
-                return Outcome::Retry;
-            }
+    let before = match state.store.endpoint(subject).await {
+        Ok(Some(ep)) => ep,
+        Ok(None) => {
+            tracing::debug!(endpoint_id = %subject, "dropping a heartbeat of an unknown endpoint");
+            return Outcome::Ack;
         }
+        Err(error) => {
+            tracing::error!(%error, "cannot look a heartbeat's endpoint up; will retry");
+            return Outcome::Retry;
+        }
+    };
+    if subject != sender && before.uep.as_ref().is_none_or(|u| u.mep_id != sender) {
+        tracing::warn!(endpoint_id = %sender, subject = %subject, "dropping a heartbeat about an endpoint the sender does not own");
+        return Outcome::Ack;
     }
     if let Err(error) = state
         .store
@@ -328,6 +331,11 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
                 tracing::error!(%error, "cannot fail the tasks of a failed endpoint; will retry");
                 return Outcome::Retry;
             }
+        }
+    } else if announces_stop(report.heartbeat_period(), &report.global_state) {
+        // Not retried here: the outbox asks again for tasks that keep waiting.
+        if let Err(error) = uep_start::restart_if_tasks_wait(state, &before).await {
+            tracing::warn!(%error, uep_id = %subject, "could not ask the MEP to start a stopped UEP whose tasks wait");
         }
     }
     Outcome::Ack

@@ -9,12 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gantry_broker::Outgoing;
 use gantry_broker::amqp::headers;
 use gantry_broker::lapin::BasicProperties;
-use gantry_broker::layout::{TASKS_EXCHANGE, command_queue, task_group_queue, task_routing_key};
-use gantry_protocol::command::{
-    AmqpCreds, CMD_START_ENDPOINT, IdentityInfo, StartEndpointCommand, StartEndpointKwargs,
-};
+use gantry_broker::layout::{TASKS_EXCHANGE, task_group_queue, task_routing_key};
 use gantry_protocol::messagepack::{Message, ResultErrorDetails, Task, TaskResult};
-use gantry_store::{Identity, TaskRecord, UepBinding, error_details_of};
+use gantry_store::{TaskRecord, error_details_of};
 use serde_json::Value;
 
 use crate::state::AppState;
@@ -195,102 +192,6 @@ pub async fn forward_failures(state: &AppState, tasks: &[TaskRecord]) {
     }
 }
 
-/// The `cmd_start_endpoint` that asks a MEP to start the UEP `uep_name` (bound by
-/// `binding`) for `identity`, its user, with the broker credentials the UEP will use.
-pub fn start_command(
-    identity: &Identity,
-    uep_name: &str,
-    binding: &UepBinding,
-    amqp_creds: AmqpCreds,
-) -> StartEndpointCommand {
-    StartEndpointCommand {
-        command: CMD_START_ENDPOINT.to_owned(),
-        globus_username: identity.username.clone(),
-        globus_effective_identity: identity.identity_id,
-        globus_identity_set: vec![IdentityInfo {
-            id: identity.identity_id,
-            sub: Some(identity.identity_id),
-            username: identity.username.clone(),
-            email: None,
-            name: Some(identity.username.clone()),
-            organization: None,
-            identity_provider: Some(crate::routes::oauth::IDENTITY_PROVIDER.to_owned()),
-            status: Some("used".to_owned()),
-        }],
-        args: Vec::new(),
-        kwargs: StartEndpointKwargs {
-            name: uep_name.to_owned(),
-            user_opts: binding.user_config.clone(),
-            user_runtime: binding.user_runtime.clone(),
-            amqp_creds,
-        },
-    }
-}
-
-/// Asks MEPs again to start UEPs whose tasks have waited longer than the retry delay
-/// with no start request since: the command was lost (a crash between storing the
-/// tasks and sending it, a broker failure), the MEP dropped it, or the UEP died
-/// without saying so. Only MEPs that are online are asked, so commands do not pile up
-/// in the queue of one that is down; once it is back, it is asked.
-pub async fn resend_start_commands(state: &AppState) -> anyhow::Result<()> {
-    let now = gantry_store::now_ms();
-    let retry_after = state.settings.start_retry_after_ms;
-    let candidates = state.store.ueps_awaiting_start(now - retry_after).await?;
-    for uep in candidates {
-        let Some(binding) = &uep.uep else { continue };
-        if uep.is_online(now) {
-            continue;
-        }
-        let mep_online = state
-            .store
-            .endpoint(binding.mep_id)
-            .await?
-            .is_some_and(|mep| mep.is_online(now));
-        if !mep_online {
-            continue;
-        }
-        let Some(identity) = state.store.identity(binding.user_identity_id).await? else {
-            continue;
-        };
-        if !state
-            .store
-            .claim_start_request(uep.endpoint_id, retry_after)
-            .await?
-        {
-            continue;
-        }
-        let creds = crate::queues::provision_uep(state, uep.endpoint_id)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let command = start_command(&identity, &uep.name, binding, creds);
-        tracing::info!(uep_id = %uep.endpoint_id, mep_id = %binding.mep_id, "asking the MEP again to start a UEP whose tasks wait");
-        publish_start_command(state, binding.mep_id, &command).await?;
-    }
-    Ok(())
-}
-
-/// Publishes a start command on a MEP's command queue.
-pub async fn publish_start_command(
-    state: &AppState,
-    mep_id: uuid::Uuid,
-    command: &StartEndpointCommand,
-) -> Result<(), gantry_broker::BrokerError> {
-    let body = serde_json::to_vec(command).expect("commands serialize");
-    let queue = command_queue(mep_id);
-    state
-        .broker()
-        .await?
-        .publish_confirmed(&[Outgoing {
-            exchange: "",
-            routing_key: &queue,
-            body: &body,
-            properties: BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_timestamp(now_secs()),
-        }])
-        .await
-}
-
 /// The `result` message of a finished task, as the SDK receives it.
 pub fn result_message(task: &TaskRecord) -> Option<TaskResult> {
     let details = match &task.details {
@@ -386,7 +287,7 @@ pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Recei
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "outbox: cannot read unforwarded failures"),
         }
-        if let Err(error) = resend_start_commands(&state).await {
+        if let Err(error) = crate::uep_start::resend_start_commands(&state).await {
             tracing::warn!(%error, "outbox: cannot ask MEPs again to start waiting UEPs");
         }
         match state

@@ -19,3 +19,4 @@ pub mod queues;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod uep_start;

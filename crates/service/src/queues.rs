@@ -2,6 +2,7 @@
 //! those answers. Every answer carries a connection URL for the endpoint's own account,
 //! which [`gantry_broker::layout`] limits to that endpoint's queues and routing keys.
 
+use gantry_broker::BrokerError;
 use gantry_broker::layout::{
     HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE, command_queue,
     endpoint_account, endpoint_permissions, heartbeat_routing_key, result_routing_key, task_queue,
@@ -11,7 +12,6 @@ use gantry_protocol::rest::{EndpointRegistrationResponse, QueueInfo, QueuePublis
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::error::ApiResult;
 use crate::state::AppState;
 
 fn publish_info(url: &str, exchange: &str, queue: &str, routing_key: String) -> QueueInfo {
@@ -61,7 +61,7 @@ pub async fn provision_endpoint(
     state: &AppState,
     ep: Uuid,
     multi_user: bool,
-) -> ApiResult<EndpointRegistrationResponse> {
+) -> Result<EndpointRegistrationResponse, BrokerError> {
     state
         .broker()
         .await?
@@ -97,7 +97,7 @@ pub async fn provision_endpoint(
 }
 
 /// Provisions a user endpoint's queue and account, for the start command.
-pub async fn provision_uep(state: &AppState, uep: Uuid) -> ApiResult<AmqpCreds> {
+pub async fn provision_uep(state: &AppState, uep: Uuid) -> Result<AmqpCreds, BrokerError> {
     let registration = provision_endpoint(state, uep, false).await?;
     let url = registration.heartbeat_queue_info.connection_url.clone();
     Ok(AmqpCreds {

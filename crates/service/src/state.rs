@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use gantry_broker_accounts::management::Management;
 use gantry_broker::{Broker, BrokerError, SharedBroker};
+use gantry_broker_accounts::management::Management;
 use gantry_store::Store;
 
 /// Settings that shape what the service tells clients.
@@ -69,8 +69,10 @@ impl AppState {
 
     /// The AMQP URL of `account` as clients reach the broker.
     pub fn client_amqp_url(&self, account: &str) -> String {
-        let password =
-            gantry_broker_accounts::credentials::account_password(&self.settings.broker_secret, account);
+        let password = gantry_broker_accounts::credentials::account_password(
+            &self.settings.broker_secret,
+            account,
+        );
         let vhost = url_escape(&self.settings.vhost);
         format!(
             "{}://{account}:{password}@{}/{vhost}",
@@ -87,8 +89,10 @@ impl AppState {
         if self.provisioned.lock().expect("lock").contains(account) {
             return Ok(());
         }
-        let password =
-            gantry_broker_accounts::credentials::account_password(&self.settings.broker_secret, account);
+        let password = gantry_broker_accounts::credentials::account_password(
+            &self.settings.broker_secret,
+            account,
+        );
         self.management
             .put_account(&self.settings.vhost, account, &password, permissions)
             .await?;

@@ -5,40 +5,12 @@
 
 mod common;
 
-use common::{BACKENDS, Backend, TestService, sdk};
-use gantry_protocol::rest::{EndpointRegistrationRequest, EndpointRegistrationResponse};
+use common::{BACKENDS, Backend, TestService, register_site, sdk};
 use gantry_protocol::uep_id::derive_uep_id;
 use gantry_store::TaskStatus;
-use gantry_test_endpoint::{Executor, StartBehaviour, creds_of, register, run_mep, run_uep};
+use gantry_test_endpoint::{Executor, StartBehaviour, creds_of, run_mep, run_uep};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-fn registration(name: &str, multi_user: bool) -> EndpointRegistrationRequest {
-    serde_json::from_value(json!({
-        "endpoint_name": name,
-        "multi_user": multi_user,
-        "public": !multi_user,
-        "metadata": {"hostname": "test"},
-    }))
-    .unwrap()
-}
-
-/// An endpoint client "site" on `service` and the endpoint it registered.
-async fn register_site(
-    service: &TestService,
-    name: &str,
-    multi_user: bool,
-) -> (String, EndpointRegistrationResponse) {
-    let (_, client_token) = service.endpoint_client("site").await;
-    let registered = register(
-        &service.url(),
-        &client_token,
-        &registration(name, multi_user),
-    )
-    .await
-    .unwrap();
-    (client_token, registered)
-}
 
 fn python() -> Executor {
     Executor::Python(gantry_testkit::venv_python())
@@ -415,6 +387,50 @@ async fn a_lost_start_command_is_sent_again_once_the_mep_is_online() {
         1,
         "one command reached the MEP: the repeat, once"
     );
+    mep.stop().await.unwrap();
+    service.stop().await;
+}
+
+/// The official SDK after an idle shutdown: the UEP's last heartbeat says it stopped
+/// (`active: false`, period kept, as the official UEP sends it), and the next run gets
+/// its result at once. The outbox's retry is set to ten minutes, so only a start command
+/// sent by the submit itself lets the second run finish within its minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_runs_again_at_once_after_its_uep_stopped() {
+    let service = TestService::start_with(Backend::Postgres, true, |config| {
+        config.start_retry_after = std::time::Duration::from_secs(600);
+    })
+    .await;
+    let (_, token) = service.user("frank@example.org").await;
+    let (_, registered) = register_site(&service, "mep", true).await;
+    let mep = run_mep(&registered, StartBehaviour::Start(python()), 5.0)
+        .await
+        .unwrap();
+    let env = vec![
+        ("GANTRY_TOKEN", token),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        (
+            "USER_ENDPOINT_CONFIG",
+            json!({"ACCOUNT_ID": "42"}).to_string(),
+        ),
+        ("RESULT_TIMEOUT", "60".to_owned()),
+    ];
+    let first = sdk("single", env.clone()).await;
+    assert_eq!(first["result"], json!(3), "{first}");
+    let creds = mep.commands.lock().unwrap()[0].kwargs.amqp_creds.clone();
+
+    common::stop_uep(&service, &mep, creds.endpoint_id).await;
+    common::publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 5, "active": false}),
+        json!({}),
+    )
+    .await;
+    common::wait_for_active(&service, creds.endpoint_id, false).await;
+
+    let second = sdk("single", env).await;
+    assert_eq!(second["result"], json!(3), "{second}");
+    assert_eq!(mep.commands.lock().unwrap().len(), 2);
     mep.stop().await.unwrap();
     service.stop().await;
 }

@@ -78,10 +78,11 @@ pub struct EndpointRecord {
 }
 
 impl EndpointRecord {
-    /// Online means a heartbeat younger than twice its announced period, a period above
-    /// zero (zero announces a shutdown), and no start error in the last report.
+    /// Online means a heartbeat younger than twice its announced period, no start error
+    /// in the last report, and a last report that did not announce a stop (see
+    /// [`announces_stop`]): an endpoint that says it is gone is offline at once.
     pub fn is_online(&self, now_ms: i64) -> bool {
-        if self.start_error().is_some() {
+        if self.start_error().is_some() || self.has_stopped() {
             return false;
         }
         match (self.heartbeat_period, self.last_heartbeat_at) {
@@ -96,6 +97,20 @@ impl EndpointRecord {
     pub fn start_error(&self) -> Option<&str> {
         start_error_of(self.global_state.as_ref()?)
     }
+
+    /// Whether the last heartbeat announced that the endpoint stopped.
+    pub fn has_stopped(&self) -> bool {
+        self.global_state
+            .as_ref()
+            .is_some_and(|state| announces_stop(self.heartbeat_period, state))
+    }
+}
+
+/// Whether a heartbeat says its endpoint is gone: a `heartbeat_period` of zero (what
+/// Gantry's endpoints send last) or `active: false` (the official UEP's last heartbeat
+/// keeps its period and says `{"heartbeat_period": 5, "active": false}`).
+pub fn announces_stop(heartbeat_period: Option<f64>, global_state: &Map<String, Value>) -> bool {
+    heartbeat_period == Some(0.0) || global_state.get("active") == Some(&Value::Bool(false))
 }
 
 /// The start failure a heartbeat's `global_state` reports, if any.
@@ -318,16 +333,18 @@ impl Store {
 
     /// Stores a heartbeat. Returns false when the endpoint is unknown.
     ///
-    /// A report of a failed start (`global_state.error`) also forgets the last start
-    /// request, so that the next submit asks the MEP again at once instead of waiting
-    /// out the throttle with nobody left to run its tasks.
+    /// A report of a failed start (`global_state.error`) or of a stop
+    /// ([`announces_stop`]) also forgets the last start request, so that the next submit
+    /// asks the MEP again at once instead of waiting out the throttle with nobody left
+    /// to run its tasks.
     pub async fn record_heartbeat(
         &self,
         endpoint_id: Uuid,
         heartbeat_period: Option<f64>,
         global_state: &Map<String, Value>,
     ) -> StoreResult<bool> {
-        let failed_start = start_error_of(global_state).is_some();
+        let forget_start = start_error_of(global_state).is_some()
+            || announces_stop(heartbeat_period, global_state);
         let done = sqlx::query(
             "UPDATE endpoints SET heartbeat_period = $1, last_heartbeat_at = $2, \
                global_state = $3, \
@@ -337,7 +354,7 @@ impl Store {
         .bind(heartbeat_period)
         .bind(now_ms())
         .bind(json_text(global_state))
-        .bind(i64::from(failed_start))
+        .bind(i64::from(forget_start))
         .bind(endpoint_id.to_string())
         .execute(&self.pool)
         .await?;

@@ -28,7 +28,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use uuid::Uuid;
 
-pub use endpoints::{EndpointRecord, EndpointRegistration, UepBinding};
+pub use endpoints::{EndpointRecord, EndpointRegistration, UepBinding, announces_stop};
 pub use identities::{EndpointClient, Identity, IdentityKind, Principal, TokenKind};
 pub use tasks::{
     FunctionRecord, NewFunction, NewTask, StoredResult, SubmittedBatch, TaskRecord, TaskStatus,

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use gantry_broker::layout::{task_group_queue, user_account, user_permissions, user_queue_prefix};
-use gantry_protocol::command::StartEndpointCommand;
 use gantry_protocol::packed::unpack_buffers;
 use gantry_protocol::rest::{
     AmqpResultUrlResponse, BatchStatusRequest, BatchStatusResponse, SubmitRequest, SubmitResponse,
@@ -24,14 +23,13 @@ use crate::extract::{ApiJson, parse_id};
 use crate::queues::provision_uep;
 use crate::routes::endpoints::can_use_endpoint;
 use crate::state::AppState;
+use crate::uep_start;
 
 /// The most tasks one submit may carry.
 const MAX_TASKS_PER_SUBMIT: usize = 10_000;
 /// How long a submit waits for the broker to confirm its tasks before leaving them to
 /// the outbox (which waits longer than this before it sends).
 const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long the service waits before asking a MEP again to start the same UEP.
-const START_COMMAND_GAP_MS: i64 = 5_000;
 
 /// `POST /v3/endpoints/{id}/submit`.
 pub async fn submit(
@@ -208,32 +206,20 @@ pub async fn submit(
             );
         }
     }
-    if let Some(command) = route.start_command {
-        match state
-            .store
-            .claim_start_request(route.target, START_COMMAND_GAP_MS)
-            .await
+    if let Some(uep) = &route.start {
+        match uep_start::request_start(
+            &state,
+            uep,
+            &caller.0.identity,
+            uep_start::START_COMMAND_GAP_MS,
+        )
+        .await
         {
-            Ok(true) => {
-                // Bounded like the tasks' publish; a command that does not go out now
-                // is sent again by the outbox once the retry delay has passed.
-                let sent = tokio::time::timeout(
-                    PUBLISH_WAIT,
-                    dispatch::publish_start_command(&state, endpoint_id, &command),
-                )
-                .await;
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, uep_id = %route.target, "could not ask the MEP to start the UEP");
-                    }
-                    Err(_) => {
-                        tracing::warn!(uep_id = %route.target, "the broker is slow to confirm the start command");
-                    }
-                }
+            Ok(_) => {}
+            // The outbox asks again once the retry delay has passed.
+            Err(error) => {
+                tracing::warn!(%error, uep_id = %route.target, "could not ask the MEP to start the UEP");
             }
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "could not record the start request"),
         }
     }
     tracing::info!(
@@ -249,11 +235,10 @@ pub async fn submit(
     }))
 }
 
-/// Where a submit's tasks go, and the start command to send if that is a UEP that is
-/// not running.
+/// Where a submit's tasks go, and the UEP to start if that is one that is not online.
 struct Route {
     target: Uuid,
-    start_command: Option<StartEndpointCommand>,
+    start: Option<EndpointRecord>,
 }
 
 async fn route_submit(
@@ -279,7 +264,7 @@ async fn route_submit(
         }
         return Ok(Route {
             target: endpoint.endpoint_id,
-            start_command: None,
+            start: None,
         });
     }
     let user_config: Map<String, Value> = request.user_endpoint_config.clone().unwrap_or_default();
@@ -316,17 +301,12 @@ async fn route_submit(
         user_runtime: user_runtime.clone(),
     };
     let uep = state.store.ensure_uep(uep_id, &binding).await?;
-    let amqp_creds = provision_uep(state, uep_id).await?;
-    if uep.is_online(gantry_store::now_ms()) {
-        return Ok(Route {
-            target: uep_id,
-            start_command: None,
-        });
-    }
-    let command = dispatch::start_command(&caller.0.identity, &uep.name, &binding, amqp_creds);
+    // Its queue exists before its tasks are published, whether or not it runs.
+    provision_uep(state, uep_id).await?;
+    let online = uep.is_online(gantry_store::now_ms());
     Ok(Route {
         target: uep_id,
-        start_command: Some(command),
+        start: (!online).then_some(uep),
     })
 }
 

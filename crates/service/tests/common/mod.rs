@@ -49,6 +49,15 @@ fn lock_port_5000() -> File {
 impl TestService {
     /// Starts a service; `sdk_port` makes it listen on 127.0.0.1:5000 where the SDK looks.
     pub async fn start(backend: Backend, sdk_port: bool) -> TestService {
+        TestService::start_with(backend, sdk_port, |_| {}).await
+    }
+
+    /// Starts a service with settings changed by `configure`.
+    pub async fn start_with(
+        backend: Backend,
+        sdk_port: bool,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> TestService {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
@@ -71,7 +80,7 @@ impl TestService {
         } else {
             "127.0.0.1:0"
         };
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             listen: listen.parse().expect("address"),
             database_url,
             amqp_url: format!("amqp://guest:guest@{}/{vhost}", gantry_testkit::amqp_host()),
@@ -81,6 +90,7 @@ impl TestService {
             client_token_lifetime_s: 3600,
             start_retry_after: std::time::Duration::from_secs(3),
         };
+        configure(&mut config);
         let service = start(config.clone()).await.expect("the service starts");
         TestService {
             service: Some(service),
@@ -231,4 +241,213 @@ pub async fn sdk(scenario: &str, env: Vec<(&'static str, String)>) -> Value {
     tokio::task::spawn_blocking(move || run_sdk(&scenario, &env))
         .await
         .expect("SDK thread")
+}
+
+/// A user's (or client's) plain HTTP calls to the service, answered as JSON.
+pub struct Rest {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Rest {
+    pub fn new(service: &TestService, token: &str) -> Rest {
+        Rest {
+            http: reqwest::Client::new(),
+            base: service.url(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// One call; the status and the body (as a JSON string when it is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the service answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Registers a function (packed like the SDK's; never run by the echo endpoint).
+    pub async fn register_function(&self) -> uuid::Uuid {
+        let code = gantry_protocol::packed::pack_buffers(&["01\ngASVBQAAAAAAAAB9lC4=\n"]);
+        let (status, body) = self
+            .post(
+                "/v3/functions",
+                serde_json::json!({"function_name": "f", "function_code": code}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        body["function_uuid"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Submits one task of `function` to `endpoint` with `extra` fields in the body
+    /// (`user_endpoint_config`, `result_serializers`, ...); returns its id.
+    pub async fn submit_one(
+        &self,
+        endpoint: uuid::Uuid,
+        function: uuid::Uuid,
+        extra: Value,
+    ) -> uuid::Uuid {
+        let payload = gantry_protocol::packed::pack_buffers(&[
+            "00\ngASVBQAAAAAAAABLAYWULg==\n",
+            "00\ngAR9lC4=\n",
+        ]);
+        let mut body = serde_json::json!({"tasks": {function.to_string(): [payload]}});
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        let (status, answer) = self
+            .post(&format!("/v3/endpoints/{endpoint}/submit"), body)
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+        answer["tasks"][function.to_string()][0]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Polls a task until it is finished (at most a minute); returns its view.
+    pub async fn wait_finished(&self, task: uuid::Uuid) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, view) = self.get(&format!("/v2/tasks/{task}")).await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{view}");
+            if view["status"] == "success" || view["status"] == "failed" {
+                return view;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task {task} did not finish within a minute: {view}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits (at most 30 s) until `check` holds; `what` names it in the failure.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An endpoint registration body.
+pub fn registration(
+    name: &str,
+    multi_user: bool,
+) -> gantry_protocol::rest::EndpointRegistrationRequest {
+    serde_json::from_value(serde_json::json!({
+        "endpoint_name": name,
+        "multi_user": multi_user,
+        "public": !multi_user,
+        "metadata": {"hostname": "test"},
+    }))
+    .unwrap()
+}
+
+/// An endpoint client "site" on `service` and the endpoint it registered.
+pub async fn register_site(
+    service: &TestService,
+    name: &str,
+    multi_user: bool,
+) -> (String, gantry_protocol::rest::EndpointRegistrationResponse) {
+    let (_, client_token) = service.endpoint_client("site").await;
+    let registered = gantry_test_endpoint::register(
+        &service.url(),
+        &client_token,
+        &registration(name, multi_user),
+    )
+    .await
+    .unwrap();
+    (client_token, registered)
+}
+
+/// Publishes a heartbeat as the endpoint `creds` belong to, as an endpoint process does.
+pub async fn publish_heartbeat(
+    creds: &gantry_protocol::command::AmqpCreds,
+    global_state: Value,
+    task_statuses: Value,
+) {
+    use gantry_protocol::messagepack::{EpStatusReport, Message};
+    let info = &creds.heartbeat_queue_info;
+    let kwargs = info.queue_publish_kwargs.as_ref().unwrap();
+    let report: EpStatusReport = serde_json::from_value(serde_json::json!({
+        "endpoint_id": creds.endpoint_id,
+        "global_state": global_state,
+        "task_statuses": task_statuses,
+    }))
+    .unwrap();
+    let body = Message::EpStatusReport(report).pack();
+    let broker = gantry_broker::Broker::connect(&info.connection_url)
+        .await
+        .unwrap();
+    broker
+        .publish_confirmed(&[gantry_broker::Outgoing {
+            exchange: &kwargs.exchange,
+            routing_key: &kwargs.routing_key,
+            body: &body,
+            properties: Default::default(),
+        }])
+        .await
+        .unwrap();
+    broker.close().await;
+}
+
+/// Stops one of the test MEP's UEPs the way Gantry's endpoints stop: the last heartbeat
+/// announces `heartbeat_period: 0`. The MEP forgets it, so a new command starts it anew.
+pub async fn stop_uep(
+    service: &TestService,
+    mep: &gantry_test_endpoint::RunningMep,
+    uep_id: uuid::Uuid,
+) {
+    let uep = mep.ueps.lock().await.remove(&uep_id).expect("the UEP runs");
+    uep.stop().await.unwrap();
+    wait_until("the service has the UEP's last heartbeat", || async {
+        let uep = service.store().endpoint(uep_id).await.unwrap().unwrap();
+        uep.heartbeat_period == Some(0.0)
+    })
+    .await;
+}
+
+/// Waits until the service stored a heartbeat whose `active` is `active`.
+pub async fn wait_for_active(service: &TestService, uep_id: uuid::Uuid, active: bool) {
+    wait_until("the service has the UEP's heartbeat", || async {
+        let uep = service.store().endpoint(uep_id).await.unwrap().unwrap();
+        uep.global_state
+            .is_some_and(|s| s["active"] == serde_json::json!(active))
+    })
+    .await;
 }

@@ -1,0 +1,104 @@
+//! What endpoints report over the broker and what the service makes of it: user
+//! endpoints that stop and must be started again, tasks that start running, and the
+//! task messages endpoints receive. The service runs against the real RabbitMQ and each
+//! database; the endpoints are the Rust test endpoint (`run_mep`, `run_uep`), and where
+//! an endpoint reports something the test endpoint does not, the test publishes it with
+//! that endpoint's own broker credentials, as an endpoint process would.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Backend, Rest, TestService, publish_heartbeat, register_site, stop_uep, wait_for_active,
+};
+use gantry_test_endpoint::{Executor, StartBehaviour, run_mep};
+use serde_json::json;
+
+/// A UEP that says it stopped is offline at once, and the next submit starts it again
+/// at once: the outbox's retry is set to ten minutes here, so only an immediate start
+/// command lets a task finish within the minute `wait_finished` allows.
+async fn a_uep_that_says_it_stopped_is_started_again_at_once(backend: Backend) {
+    let service = TestService::start_with(backend, false, |config| {
+        config.start_retry_after = Duration::from_secs(600);
+    })
+    .await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, registered) = register_site(&service, "mep", true).await;
+    let mep_id = registered.endpoint_id;
+    let mep = run_mep(&registered, StartBehaviour::Start(Executor::Echo), 30.0)
+        .await
+        .unwrap();
+    let alice = Rest::new(&service, &token);
+    let function = alice.register_function().await;
+    let config = json!({"user_endpoint_config": {"ACCOUNT_ID": "1"}});
+    let commands = || mep.commands.lock().unwrap().len();
+
+    // The first submit starts the UEP.
+    let task = alice.submit_one(mep_id, function, config.clone()).await;
+    assert_eq!(alice.wait_finished(task).await["status"], "success");
+    assert_eq!(commands(), 1);
+    let creds = mep.commands.lock().unwrap()[0].kwargs.amqp_creds.clone();
+    let uep_id = creds.endpoint_id;
+
+    // It stops the way Gantry's endpoints do (period 0), moments after it started:
+    // the next submit asks the MEP again at once.
+    stop_uep(&service, &mep, uep_id).await;
+    let (_, status) = alice.get(&format!("/v2/endpoints/{uep_id}/status")).await;
+    assert_eq!(status["status"], "offline", "{status}");
+    let task = alice.submit_one(mep_id, function, config.clone()).await;
+    assert_eq!(alice.wait_finished(task).await["status"], "success");
+    assert_eq!(commands(), 2);
+
+    // It stops the way the official UEP does: its last heartbeat keeps its period and
+    // says `active: false`. Offline at once, and started again by the next submit.
+    stop_uep(&service, &mep, uep_id).await;
+    publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 30, "active": false}),
+        json!({}),
+    )
+    .await;
+    wait_for_active(&service, uep_id, false).await;
+    let (_, status) = alice.get(&format!("/v2/endpoints/{uep_id}/status")).await;
+    assert_eq!(status["status"], "offline", "{status}");
+    let task = alice.submit_one(mep_id, function, config.clone()).await;
+    assert_eq!(alice.wait_finished(task).await["status"], "success");
+    assert_eq!(commands(), 3);
+
+    // A task that reached the UEP's queue while it was shutting down (the service
+    // still saw it online): when its stop is reported, the MEP is asked at once.
+    stop_uep(&service, &mep, uep_id).await;
+    publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 30, "active": true}),
+        json!({}),
+    )
+    .await;
+    wait_for_active(&service, uep_id, true).await;
+    let task = alice.submit_one(mep_id, function, config.clone()).await;
+    assert_eq!(commands(), 3, "an online UEP is not started again");
+    publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 30, "active": false}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(alice.wait_finished(task).await["status"], "success");
+    assert_eq!(commands(), 4);
+
+    mep.stop().await.unwrap();
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uep_that_says_it_stopped_is_started_again_at_once_sqlite() {
+    a_uep_that_says_it_stopped_is_started_again_at_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uep_that_says_it_stopped_is_started_again_at_once_postgres() {
+    a_uep_that_says_it_stopped_is_started_again_at_once(Backend::Postgres).await;
+}
