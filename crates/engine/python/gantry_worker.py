@@ -1,0 +1,194 @@
+"""Gantry's Python worker: runs Globus Compute tasks for one Gantry worker pool.
+
+It ships inside Gantry (the pool writes this file to its run directory and starts it), so
+the only thing a user's environment needs is ``globus-compute-sdk``, whose serializer
+unpacks the function and its arguments exactly as the SDK packed them.
+
+The pool talks to it over stdin and stdout, one JSON object per line:
+
+* worker -> pool, once at start: ``{"type": "hello", "python": "3.11.2", "executable",
+  "pid", "sdk": "4.19.0"}``, or ``"sdk_error"`` instead of ``"sdk"`` when the SDK cannot
+  be imported, or ``"config_error"`` when the configuration cannot be used;
+* pool -> worker: ``{"task_id", "task_buffer"}``;
+* worker -> pool: ``{"type": "result", "task_id", "data", "error"}``, where ``error`` is
+  ``null`` or ``{"code", "user_message"}`` and ``data`` then holds the traceback.
+
+The configuration is the one command-line argument, as JSON: ``threads`` (tasks run at
+once; 1 runs them one after another in the main thread), ``working_dir``,
+``run_in_sandbox``, ``allowed_serializers``, ``result_size_limit``, ``traceback_limit``.
+
+Task code must not be able to break the protocol: the worker keeps private copies of
+its pipes, then points file descriptor 0 at /dev/null and 1 at stderr, so that a task's
+``print`` (or a shell command's output) lands in the pool's log instead.
+"""
+
+import json
+import os
+import platform
+import sys
+import threading
+import traceback
+
+
+def _private_pipes():
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    sys.stdin = open(os.devnull)
+    sys.stdout = sys.stderr
+    return proto_in, proto_out
+
+
+class Channel:
+    """The protocol's output side; threads share it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message):
+        line = (json.dumps(message) + "\n").encode()
+        with self._lock:
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (BrokenPipeError, OSError):
+                # The pool is gone; so is the point of running.
+                os._exit(1)
+
+
+def _hello(config):
+    info = {
+        "type": "hello",
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "pid": os.getpid(),
+    }
+    try:
+        import globus_compute_sdk
+        from globus_compute_sdk.serialize import ComputeSerializer
+    except Exception as e:  # ImportError, or a broken install failing in its own way
+        info["sdk_error"] = f"{type(e).__name__}: {e}"
+        return info, None
+    info["sdk"] = getattr(globus_compute_sdk, "__version__", "unknown")
+    try:
+        allowed = config.get("allowed_serializers") or None
+        serde = ComputeSerializer(allowed_deserializer_types=allowed)
+    except Exception as e:
+        info["config_error"] = f"allowed_serializers cannot be used: {type(e).__name__}: {e}"
+        return info, None
+    return info, serde
+
+
+def _unpack(serde, task_buffer):
+    if hasattr(serde, "unpack_and_deserialize"):
+        return serde.unpack_and_deserialize(task_buffer)
+    buffers = serde.unpack_buffers(task_buffer)
+    if len(buffers) != 3:
+        raise ValueError(f"expected 3 packed buffers (function, args, kwargs), got {len(buffers)}")
+    return tuple(serde.deserialize(b) for b in buffers)
+
+
+def _serialize(serde, value):
+    # As the official worker: the default data strategy, or code for a callable.
+    if hasattr(serde, "serialize_from_list"):
+        return serde.serialize_from_list(value, ())
+    return serde.serialize(value)
+
+
+def _traceback_text(exc, limit):
+    # Drop this file's own frames, so the traceback starts in the task's code, as the
+    # official endpoint's does; keep them if the error happened here.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    if len(text) > limit:
+        # The end says what was raised; keep it.
+        text = f"[traceback truncated to its last {limit} characters]\n" + text[-limit:]
+    return text
+
+
+def _failure(task_id, code, user_message, data):
+    return {
+        "type": "result",
+        "task_id": task_id,
+        "data": data,
+        "error": {"code": code, "user_message": user_message},
+    }
+
+
+def run_task(serde, config, task_id, task_buffer):
+    """Runs one task and returns its result message; never raises."""
+    os.environ["GC_TASK_UUID"] = task_id
+    os.environ.pop("GC_TASK_SANDBOX_DIR", None)
+    limit = int(config["result_size_limit"])
+    try:
+        task_dir = config["working_dir"]
+        if config.get("run_in_sandbox"):
+            task_dir = os.path.join(task_dir, task_id)
+            os.environ["GC_TASK_SANDBOX_DIR"] = task_dir
+        os.makedirs(task_dir, exist_ok=True)
+        os.chdir(task_dir)
+        function, args, kwargs = _unpack(serde, task_buffer)
+        data = _serialize(serde, function(*args, **kwargs))
+        if len(data) > limit:
+            return _failure(
+                task_id,
+                "MaxResultSizeExceeded",
+                f"remote error: Task result of {len(data)}B exceeded current limit of {limit}B",
+                f"MaxResultSizeExceeded: Task result of {len(data)}B exceeded current limit "
+                f"of {limit}B; return less data, or write it to a file and return its path",
+            )
+        return {"type": "result", "task_id": task_id, "data": data, "error": None}
+    except (Exception, SystemExit) as e:
+        # SystemExit too: a task that calls sys.exit() fails; the worker carries on.
+        return _failure(
+            task_id,
+            "RemoteExecutionError",
+            "An error occurred during the execution of this task",
+            _traceback_text(e, int(config["traceback_limit"])),
+        )
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    proto_in, proto_out = _private_pipes()
+    channel = Channel(proto_out)
+    info, serde = _hello(config)
+    channel.send(info)
+    if serde is None:
+        return 0
+    threads = max(1, int(config.get("threads", 1)))
+    executor = None
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gantry-task")
+
+    def run_and_reply(task_id, task_buffer):
+        channel.send(run_task(serde, config, task_id, task_buffer))
+
+    for line in proto_in:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            task_id, task_buffer = request["task_id"], request["task_buffer"]
+        except Exception as e:
+            print(f"gantry worker: ignoring a malformed request: {e}", file=sys.stderr)
+            continue
+        if executor is None:
+            run_and_reply(task_id, task_buffer)
+        else:
+            executor.submit(run_and_reply, task_id, task_buffer)
+    # The pool closed the pipe: stop now, without waiting for threads still running.
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
