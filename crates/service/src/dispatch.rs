@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gantry_broker::Outgoing;
 use gantry_broker::amqp::headers;
 use gantry_broker::lapin::BasicProperties;
+use gantry_broker::lapin::types::AMQPValue;
 use gantry_broker::layout::{TASKS_EXCHANGE, task_group_queue, task_routing_key};
 use gantry_protocol::messagepack::{Message, ResultErrorDetails, Task, TaskResult};
 use gantry_store::{TaskRecord, error_details_of};
@@ -90,12 +91,13 @@ async fn publish_endpoint_tasks(
         if let Some(spec) = &task.resource_specification {
             pairs.push(("resource_specification", spec.to_string()));
         }
+        let mut headers = headers(pairs);
         if let Some(serializers) = &task.result_serializers {
-            pairs.push(("result_serializers", serializers.to_string()));
+            headers.insert("result_serializers".into(), string_array(serializers));
         }
         let properties = BasicProperties::default()
             .with_content_type("application/octet-stream".into())
-            .with_headers(headers(pairs));
+            .with_headers(headers);
         bodies.push((body, properties));
         routing.push(task_routing_key(task.endpoint_id));
         sent.push(task.task_id);
@@ -138,6 +140,20 @@ async fn publish_endpoint_tasks(
         settled += settle_unroutable(state, endpoint_id, &unroutable).await?;
     }
     first_error.map_or(Ok(settled), Err)
+}
+
+/// The `result_serializers` header: an AMQP array of strings, which the endpoint
+/// iterates (a string there would be tried one character at a time). The stored value
+/// is the submit's JSON list of import paths; anything else in it is left out.
+fn string_array(serializers: &Value) -> AMQPValue {
+    let items: Vec<AMQPValue> = serializers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|path| AMQPValue::LongString(path.into()))
+        .collect();
+    AMQPValue::FieldArray(items.into())
 }
 
 /// Tasks the broker could not route: no queue is bound for their endpoint. When the

@@ -102,3 +102,95 @@ async fn a_uep_that_says_it_stopped_is_started_again_at_once_sqlite() {
 async fn a_uep_that_says_it_stopped_is_started_again_at_once_postgres() {
     a_uep_that_says_it_stopped_is_started_again_at_once(Backend::Postgres).await;
 }
+
+/// The first task message on a plain endpoint's queue, read with the endpoint's own
+/// broker account, as the endpoint reads it.
+async fn next_task_message(
+    registered: &gantry_protocol::rest::EndpointRegistrationResponse,
+) -> gantry_broker::lapin::message::Delivery {
+    use futures_lite::StreamExt;
+    let creds = gantry_test_endpoint::creds_of(registered).unwrap();
+    let broker = gantry_broker::Broker::connect(&creds.task_queue_info.connection_url)
+        .await
+        .unwrap();
+    let mut consumer = broker
+        .consume(&creds.task_queue_info.queue, "test-reader", 1)
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("a task message within 30 s")
+        .unwrap()
+        .unwrap();
+    broker.close().await;
+    delivery
+}
+
+/// `Executor(result_serializers=[JSONData()])` sends import paths; the endpoint gets
+/// them as an AMQP array of strings, which the official endpoint iterates (a string
+/// there is tried one character at a time, and every task fails).
+async fn result_serializers_reach_the_endpoint_as_an_array(backend: Backend) {
+    use gantry_broker::lapin::types::AMQPValue;
+    let service = TestService::start(backend, false).await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let alice = Rest::new(&service, &token);
+    let function = alice.register_function().await;
+    let serializers = [
+        "globus_compute_sdk.serialize.concretes.JSONData",
+        "globus_compute_sdk.serialize.concretes.DillDataBase64",
+    ];
+    let task = alice
+        .submit_one(
+            registered.endpoint_id,
+            function,
+            json!({"result_serializers": serializers, "resource_specification": {"num_nodes": 2}}),
+        )
+        .await;
+
+    let delivery = next_task_message(&registered).await;
+    let headers = delivery.properties.headers().as_ref().unwrap().inner();
+    assert_eq!(
+        headers.get("result_serializers"),
+        Some(&AMQPValue::FieldArray(
+            serializers
+                .iter()
+                .map(|s| AMQPValue::LongString((*s).into()))
+                .collect::<Vec<_>>()
+                .into()
+        )),
+        "{headers:?}"
+    );
+    assert_eq!(
+        headers.get("task_uuid"),
+        Some(&AMQPValue::LongString(task.to_string().as_str().into()))
+    );
+    // The resource specification stays a JSON string: the endpoint parses it.
+    let Some(AMQPValue::LongString(spec)) = headers.get("resource_specification") else {
+        panic!("no resource_specification header: {headers:?}");
+    };
+    let spec: serde_json::Value = serde_json::from_slice(spec.as_bytes()).unwrap();
+    assert_eq!(spec, json!({"num_nodes": 2}));
+
+    // What is not an import path is refused before anything is stored.
+    let payload = gantry_protocol::packed::pack_buffers(&["00\nx\n", "00\ny\n"]);
+    let (status, body) = alice
+        .post(
+            &format!("/v3/endpoints/{}/submit", registered.endpoint_id),
+            json!({"tasks": {function.to_string(): [payload]}, "result_serializers": ["JSONData()"]}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_RESULT_SERIALIZERS", "{body}");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_serializers_reach_the_endpoint_as_an_array_sqlite() {
+    result_serializers_reach_the_endpoint_as_an_array(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_serializers_reach_the_endpoint_as_an_array_postgres() {
+    result_serializers_reach_the_endpoint_as_an_array(Backend::Postgres).await;
+}

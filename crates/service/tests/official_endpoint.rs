@@ -207,6 +207,15 @@ async fn the_official_endpoint_runs_tasks_as_a_mep_registered_with_gantry() {
     let second = sdk("single", run("543126688")).await;
     assert_eq!(second["result"], json!(3), "{second}\n{}", mep.log_text());
     assert_eq!(second["who"]["user"], LOCAL_USER);
+    // Results serialized as the submitter asked: the official endpoint reads the
+    // `result_serializers` header as a list of import paths.
+    let serialized = sdk("serializers", run("314159265")).await;
+    assert_eq!(
+        (&serialized["type"], &serialized["value"]),
+        (&json!("list"), &json!([1, "two"])),
+        "{serialized}\n{}",
+        mep.log_text()
+    );
 
     // Two configurations, two UEPs, both started by the official MEP and heartbeating.
     let ueps = service.store().ueps_of(mep_id).await.unwrap();

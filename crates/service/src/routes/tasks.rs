@@ -72,6 +72,10 @@ pub async fn submit(
         ));
     }
 
+    if let Some(serializers) = &request.result_serializers {
+        check_result_serializers(serializers)?;
+    }
+
     // Check every function and payload before anything is written.
     let mut new_tasks = Vec::with_capacity(total);
     let mut task_ids: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
@@ -330,6 +334,46 @@ pub fn task_status(task: &TaskRecord) -> TaskStatusResponse {
         completion_t,
         details: task.details.clone(),
     }
+}
+
+/// The most result serializers one submit may name, and the longest name.
+const MAX_RESULT_SERIALIZERS: usize = 16;
+const MAX_SERIALIZER_PATH: usize = 256;
+
+/// Result serializers are Python import paths of serialization strategies (the SDK
+/// sends e.g. `globus_compute_sdk.serialize.concretes.JSONData`); the endpoint imports
+/// each, so anything else is refused here rather than failing every task there.
+fn check_result_serializers(serializers: &[String]) -> ApiResult<()> {
+    if serializers.len() > MAX_RESULT_SERIALIZERS {
+        return Err(ApiError::bad_request(
+            "INVALID_RESULT_SERIALIZERS",
+            format!(
+                "{} result_serializers; name at most {MAX_RESULT_SERIALIZERS}",
+                serializers.len()
+            ),
+        ));
+    }
+    let is_identifier = |part: &str| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    for path in serializers {
+        if path.len() > MAX_SERIALIZER_PATH || !path.split('.').all(is_identifier) {
+            let shown: String = path.chars().take(80).collect();
+            return Err(ApiError::bad_request(
+                "INVALID_RESULT_SERIALIZERS",
+                format!(
+                    "result serializer {shown:?} is not a Python import path such as \
+                     \"globus_compute_sdk.serialize.concretes.JSONData\" (at most \
+                     {MAX_SERIALIZER_PATH} characters)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a config value holds a number that was read as a double at or beyond 2^53,

@@ -35,6 +35,10 @@ def fails(x):
     raise ValueError(f"refused {x!r} ☃")
 
 
+def pair(a, b):
+    return (a, b)
+
+
 def client() -> GC.Client:
     return GC.Client(
         local_compute_services=True,
@@ -131,9 +135,20 @@ def client_poll() -> dict:
     raise TimeoutError(task_id)
 
 
+def serializers() -> dict:
+    """A task whose result the endpoint serializes as JSON (result_serializers): a tuple
+    comes back as a list, where the default (dill) would keep it a tuple."""
+    from globus_compute_sdk.serialize import JSONData
+
+    timeout = float(os.environ.get("RESULT_TIMEOUT", "60"))
+    with GC.Executor(**executor_kwargs(), result_serializers=[JSONData()]) as ex:
+        value = ex.submit(pair, 1, "two").result(timeout=timeout)
+    return {"value": value, "type": type(value).__name__}
+
+
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single}[scenario]()
+    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single, "serializers": serializers}[scenario]()
     json.dump(out, sys.stdout, ensure_ascii=False)
     sys.stdout.flush()
     # Exit now: an Executor that still waits on a lost task keeps non-daemon threads
