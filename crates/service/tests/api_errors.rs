@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BACKENDS, Backend, TestService};
+use common::{BACKENDS, Backend, Rest, TestService};
 use futures_lite::StreamExt;
 use gantry_broker::Broker;
 use gantry_protocol::packed::pack_buffers;
@@ -773,4 +773,152 @@ async fn the_frameworks_own_rejections_are_json_errors_too() {
     let body: Value = response.json().await.unwrap();
     assert_error(&(status, body), StatusCode::BAD_REQUEST, "invalid_request");
     service.stop().await;
+}
+
+fn ids_of(listed: &Value) -> std::collections::BTreeSet<String> {
+    listed
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {listed}"))
+        .iter()
+        .map(|ep| ep["endpoint_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `get_endpoints(role=...)` as the SDK sends it: `owner` (the default) lists what the
+/// caller owns, `any` also what they may use (multi-user and public endpoints), never
+/// another user's UEP or another site's private endpoint.
+async fn endpoints_are_listed_by_role(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let (_, alice_token) = service.user("alice@example.org").await;
+    let (_, bob_token) = service.user("bob@example.org").await;
+    let (_, site_a_token) = service.endpoint_client("site-a").await;
+    let (_, site_b_token) = service.endpoint_client("site-b").await;
+    let api = Api::new(&service);
+    let id = |registered: Value| registered["endpoint_id"].as_str().unwrap().to_owned();
+    let mep = id(register_endpoint(&api, &site_a_token, true, false).await);
+    let private = id(register_endpoint(&api, &site_a_token, false, false).await);
+    let public = id(register_endpoint(&api, &site_b_token, false, true).await);
+    let alice = Rest::new(&service, &alice_token);
+    let bob = Rest::new(&service, &bob_token);
+    let site_a = Rest::new(&service, &site_a_token);
+    let set = |ids: &[&String]| ids.iter().map(|s| (*s).clone()).collect();
+
+    assert_eq!(ids_of(&alice.get("/v2/endpoints").await.1), set(&[]));
+    assert_eq!(
+        ids_of(&alice.get("/v2/endpoints?role=any").await.1),
+        set(&[&mep, &public])
+    );
+    // Alice's submit to the MEP makes her a UEP: hers to list, nobody else's.
+    let function = alice.register_function().await;
+    alice
+        .submit_one(
+            mep.parse().unwrap(),
+            function,
+            json!({"user_endpoint_config": {"ACCOUNT_ID": "1"}}),
+        )
+        .await;
+    let owned = ids_of(&alice.get("/v2/endpoints?role=owner").await.1);
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    let uep = owned.iter().next().unwrap().clone();
+    assert_eq!(ids_of(&alice.get("/v2/endpoints").await.1), owned);
+    assert_eq!(
+        ids_of(&alice.get("/v2/endpoints?role=any").await.1),
+        set(&[&mep, &public, &uep])
+    );
+    assert_eq!(
+        ids_of(&bob.get("/v2/endpoints?role=any").await.1),
+        set(&[&mep, &public])
+    );
+    assert_eq!(
+        ids_of(&site_a.get("/v2/endpoints?role=owner").await.1),
+        set(&[&mep, &private])
+    );
+    assert_eq!(
+        ids_of(&site_a.get("/v2/endpoints?role=any").await.1),
+        set(&[&mep, &private, &public])
+    );
+    let refused = alice.get("/v2/endpoints?role=admin").await;
+    assert_error(&refused, StatusCode::BAD_REQUEST, "INVALID_ROLE");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_listed_by_role_sqlite() {
+    endpoints_are_listed_by_role(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_listed_by_role_postgres() {
+    endpoints_are_listed_by_role(Backend::Postgres).await;
+}
+
+/// `delete_function`: its owner deletes it (then it is gone for reading and
+/// submitting); to anyone else, even for a public function, it is not found.
+async fn only_its_owner_deletes_a_function(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let (_, alice_token) = service.user("alice@example.org").await;
+    let (_, bob_token) = service.user("bob@example.org").await;
+    let (_, site_token) = service.endpoint_client("site").await;
+    let api = Api::new(&service);
+    let endpoint = register_endpoint(&api, &site_token, false, true).await;
+    let endpoint = endpoint["endpoint_id"].as_str().unwrap().to_owned();
+    let alice = Rest::new(&service, &alice_token);
+    let bob = Rest::new(&service, &bob_token);
+    let (status, body) = alice
+        .post(
+            "/v3/functions",
+            json!({"function_name": "shared", "function_code": function_code(), "public": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let function = body["function_uuid"].as_str().unwrap().to_owned();
+
+    assert_error(
+        &bob.delete(&format!("/v2/functions/{function}")).await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+    assert_eq!(
+        bob.get(&format!("/v2/functions/{function}")).await.0,
+        StatusCode::OK,
+        "bob's attempt changed nothing"
+    );
+    assert_error(
+        &bob.delete(&format!("/v2/functions/{}", Uuid::new_v4()))
+            .await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+
+    let (status, body) = alice.delete(&format!("/v2/functions/{function}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_error(
+        &alice.get(&format!("/v2/functions/{function}")).await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+    let submit = json!({"tasks": {function.clone(): [payload()]}});
+    assert_error(
+        &alice
+            .post(&format!("/v3/endpoints/{endpoint}/submit"), submit)
+            .await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+    assert_error(
+        &alice.delete(&format!("/v2/functions/{function}")).await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_owner_deletes_a_function_sqlite() {
+    only_its_owner_deletes_a_function(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_owner_deletes_a_function_postgres() {
+    only_its_owner_deletes_a_function(Backend::Postgres).await;
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{
     Backend, Rest, TestService, publish_heartbeat, register_site, stop_uep, wait_for_active,
+    wait_until,
 };
 use gantry_test_endpoint::{Executor, StartBehaviour, run_mep};
 use serde_json::json;
@@ -193,4 +194,82 @@ async fn result_serializers_reach_the_endpoint_as_an_array_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn result_serializers_reach_the_endpoint_as_an_array_postgres() {
     result_serializers_reach_the_endpoint_as_an_array(Backend::Postgres).await;
+}
+
+/// Nanoseconds since the epoch, as endpoints stamp task transitions.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// A task shows `running` once its endpoint reports an `execution-start` transition
+/// for it in a heartbeat, and a report about another endpoint's task changes nothing.
+async fn a_task_shows_running_once_its_endpoint_reports_its_start(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let (_, other) = register_site(&service, "other", false).await;
+    let alice = Rest::new(&service, &token);
+    let function = alice.register_function().await;
+    let task = alice
+        .submit_one(registered.endpoint_id, function, json!({}))
+        .await;
+    let status = || async { alice.get(&format!("/v2/tasks/{task}")).await.1["status"].clone() };
+    assert_eq!(status().await, "waiting-for-ep");
+
+    let started = json!({task.to_string(): [
+        {"timestamp": now_ns(), "state": "execution-start", "actor": "interchange"}
+    ]});
+    // Another endpoint cannot move this task.
+    publish_heartbeat(
+        &gantry_test_endpoint::creds_of(&other).unwrap(),
+        json!({"heartbeat_period": 30}),
+        started.clone(),
+    )
+    .await;
+    let creds = gantry_test_endpoint::creds_of(&registered).unwrap();
+    publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 30, "marker": 1}),
+        json!({}),
+    )
+    .await;
+    wait_until("the service stored the heartbeat", || async {
+        let ep = service
+            .store()
+            .endpoint(registered.endpoint_id)
+            .await
+            .unwrap()
+            .unwrap();
+        ep.global_state.is_some_and(|s| s["marker"] == 1)
+    })
+    .await;
+    assert_eq!(
+        status().await,
+        "waiting-for-ep",
+        "another endpoint's report moved it"
+    );
+
+    publish_heartbeat(&creds, json!({"heartbeat_period": 30}), started).await;
+    wait_until("the task shows running", || async {
+        status().await == "running"
+    })
+    .await;
+    let (_, batch) = alice
+        .post("/v2/batch_status", json!({"task_ids": [task]}))
+        .await;
+    assert_eq!(batch["results"][task.to_string()]["status"], "running");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_shows_running_once_its_endpoint_reports_its_start_sqlite() {
+    a_task_shows_running_once_its_endpoint_reports_its_start(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_shows_running_once_its_endpoint_reports_its_start_postgres() {
+    a_task_shows_running_once_its_endpoint_reports_its_start(Backend::Postgres).await;
 }

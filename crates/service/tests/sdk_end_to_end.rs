@@ -434,3 +434,22 @@ async fn the_sdk_runs_again_at_once_after_its_uep_stopped() {
     mep.stop().await.unwrap();
     service.stop().await;
 }
+
+/// The official SDK's `Client.get_endpoints(role="any")` finds the MEP a user may
+/// submit to (the default role, `owner`, lists only their own), and `delete_function`
+/// deletes the user's function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_finds_its_meps_by_role_and_deletes_its_functions() {
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, token) = service.user("grace@example.org").await;
+    let (_, registered) = register_site(&service, "mep", true).await;
+    let out = sdk("discovery", vec![("GANTRY_TOKEN", token)]).await;
+    assert_eq!(out["owned"], json!([]), "{out}");
+    assert_eq!(
+        out["any"],
+        json!([registered.endpoint_id.to_string()]),
+        "{out}"
+    );
+    assert_eq!(out["after_delete"], json!(404), "{out}");
+    service.stop().await;
+}

@@ -421,6 +421,23 @@ impl Store {
         .collect()
     }
 
+    /// Every endpoint an identity may use: its own (as [`Store::endpoints_of`]), every
+    /// multi-user endpoint (whose identity mapping decides who gets a UEP), and every
+    /// public endpoint; never another user's UEP.
+    pub async fn endpoints_usable_by(&self, identity_id: Uuid) -> StoreResult<Vec<EndpointRecord>> {
+        sqlx::query(
+            "SELECT * FROM endpoints WHERE owner_identity_id = $1 OR user_identity_id = $1 \
+               OR (parent_endpoint_id IS NULL AND (multi_user = 1 OR public = 1)) \
+             ORDER BY created_at",
+        )
+        .bind(identity_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(endpoint_from_row)
+        .collect()
+    }
+
     /// The user endpoints of a MEP.
     pub async fn ueps_of(&self, mep_id: Uuid) -> StoreResult<Vec<EndpointRecord>> {
         sqlx::query("SELECT * FROM endpoints WHERE parent_endpoint_id = $1 ORDER BY created_at")

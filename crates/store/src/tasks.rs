@@ -219,15 +219,30 @@ impl Store {
         Ok(())
     }
 
-    /// Looks a function up.
+    /// Looks a function up (a deleted one is gone).
     pub async fn function(&self, function_id: Uuid) -> StoreResult<Option<FunctionRecord>> {
-        sqlx::query("SELECT * FROM functions WHERE function_id = $1")
+        sqlx::query("SELECT * FROM functions WHERE function_id = $1 AND deleted_at IS NULL")
             .bind(function_id.to_string())
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
             .map(function_from_row)
             .transpose()
+    }
+
+    /// Deletes a function of `owner`; returns false when `owner` has no such function.
+    /// Its row stays for the tasks that name it, but it cannot be read or run again.
+    pub async fn delete_function(&self, function_id: Uuid, owner: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE functions SET deleted_at = $1 \
+             WHERE function_id = $2 AND owner_identity_id = $3 AND deleted_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(function_id.to_string())
+        .bind(owner.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The owner of a task group, if it exists.

@@ -1,13 +1,14 @@
 //! Endpoint routes: registration by endpoint clients, and what users may see and do.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gantry_broker::layout::{command_queue, endpoint_account, task_queue};
 use gantry_protocol::rest::{
     EndpointRegistrationRequest, EndpointRegistrationResponse, EndpointStatusResponse,
 };
 use gantry_store::{EndpointRecord, EndpointRegistration};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -193,12 +194,42 @@ pub async fn get_endpoint(
     Ok(Json(metadata_view(&endpoint)))
 }
 
-/// `GET /v2/endpoints`: the endpoints the caller registered (or, for a user, their UEPs).
+/// The query of `GET /v2/endpoints` (the SDK's `Client.get_endpoints(role=...)`).
+#[derive(Debug, Deserialize)]
+pub struct ListEndpointsQuery {
+    /// `owner` (the default) or `any`.
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// `GET /v2/endpoints`. `role=owner` (the default, as in Globus Compute): the endpoints
+/// the caller registered, or for a user the UEPs that run their tasks. `role=any`:
+/// also every endpoint the caller may submit to, which is how a user discovers the
+/// multi-user endpoints of their sites (and public endpoints).
 pub async fn list_endpoints(
     State(state): State<AppState>,
     caller: Caller,
+    Query(query): Query<ListEndpointsQuery>,
 ) -> ApiResult<Json<Value>> {
-    let endpoints = state.store.endpoints_of(caller.identity_id()).await?;
+    let endpoints = match query.role.as_deref() {
+        None | Some("owner") => state.store.endpoints_of(caller.identity_id()).await?,
+        Some("any") => {
+            state
+                .store
+                .endpoints_usable_by(caller.identity_id())
+                .await?
+        }
+        Some(other) => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(ApiError::bad_request(
+                "INVALID_ROLE",
+                format!(
+                    "role {shown:?} is not known; ask for role=owner (the endpoints you own) \
+                     or role=any (every endpoint you may use)"
+                ),
+            ));
+        }
+    };
     Ok(Json(Value::from(
         endpoints.iter().map(metadata_view).collect::<Vec<_>>(),
     )))

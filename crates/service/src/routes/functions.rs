@@ -7,6 +7,7 @@ use gantry_protocol::rest::{
     FunctionRegistrationRequest, FunctionRegistrationResponse, FunctionResponse,
 };
 use gantry_store::NewFunction;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -105,4 +106,26 @@ pub async fn get_function(
         public: function.public,
         meta: function.meta,
     }))
+}
+
+/// `DELETE /v2/functions/{id}`: only the function's owner may delete it; to anyone else
+/// it is not found, as an unknown id is. Tasks already submitted keep running.
+pub async fn delete_function(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(function_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let function_id = parse_id(&function_id, "function id")?;
+    if !state
+        .store
+        .delete_function(function_id, caller.identity_id())
+        .await?
+    {
+        return Err(ApiError::not_found(
+            "FUNCTION_NOT_FOUND",
+            format!("function {function_id} not found (only its owner may delete it)"),
+        ));
+    }
+    tracing::info!(%function_id, user = %caller.0.identity.username, "function deleted");
+    Ok(Json(json!({"function_uuid": function_id, "deleted": true})))
 }

@@ -37,7 +37,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2/version", get(version))
         .route("/v3/functions", post(functions::register_function))
-        .route("/v2/functions/{id}", get(functions::get_function))
+        .route(
+            "/v2/functions/{id}",
+            get(functions::get_function).delete(functions::delete_function),
+        )
         .route("/v3/endpoints/{id}/submit", post(tasks::submit))
         .route("/v2/tasks/{id}", get(tasks::get_task))
         .route("/v2/batch_status", post(tasks::batch_status))

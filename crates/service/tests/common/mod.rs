@@ -286,6 +286,10 @@ impl Rest {
         self.call(reqwest::Method::GET, path, None).await
     }
 
+    pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
@@ -384,7 +388,7 @@ pub async fn register_site(
     name: &str,
     multi_user: bool,
 ) -> (String, gantry_protocol::rest::EndpointRegistrationResponse) {
-    let (_, client_token) = service.endpoint_client("site").await;
+    let (_, client_token) = service.endpoint_client(&format!("site-{name}")).await;
     let registered = gantry_test_endpoint::register(
         &service.url(),
         &client_token,

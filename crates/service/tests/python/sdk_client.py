@@ -146,9 +146,26 @@ def serializers() -> dict:
     return {"value": value, "type": type(value).__name__}
 
 
+def discovery() -> dict:
+    """What a user finds with Client.get_endpoints (by role), and delete_function."""
+    gcc = client()
+    out = {
+        "owned": sorted(ep["uuid"] for ep in gcc.get_endpoints()),
+        "any": sorted(ep["uuid"] for ep in gcc.get_endpoints(role="any")),
+    }
+    fn = gcc.register_function(add)
+    gcc.delete_function(fn)
+    try:
+        gcc.get_function(fn)
+        out["after_delete"] = "found"
+    except globus_sdk.GlobusAPIError as e:
+        out["after_delete"] = e.http_status
+    return out
+
+
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single, "serializers": serializers}[scenario]()
+    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single, "serializers": serializers, "discovery": discovery}[scenario]()
     json.dump(out, sys.stdout, ensure_ascii=False)
     sys.stdout.flush()
     # Exit now: an Executor that still waits on a lost task keeps non-daemon threads
