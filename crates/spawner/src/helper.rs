@@ -157,8 +157,21 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
         ));
     }
 
-    // Step 4: render as the user.
-    let environment = environment(request, &account);
+    // Step 4: render as the user, in the UEP's environment (templates see it as
+    // `_GC.env`, as with Globus).
+    let variables = environment_variables(request, &account);
+    for (key, _) in std::env::vars_os() {
+        // SAFETY: the helper is single-threaded; nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(key) };
+    }
+    for (key, value) in &variables {
+        // SAFETY: as above.
+        unsafe { std::env::set_var(key, value) };
+    }
+    let environment: Vec<CString> = variables
+        .into_iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
     let mapped = MappedIdentity {
         uname: account.name.clone(),
         uid: account.uid,
@@ -288,7 +301,10 @@ fn vet(request: &SpawnRequest, account: &Account, root_mode: bool) -> Result<(),
 
 /// The UEP's environment: a clean one with the account's defaults, then the admin's
 /// `user_environment.yaml`.
-fn environment(request: &SpawnRequest, account: &Account) -> Vec<CString> {
+fn environment_variables(
+    request: &SpawnRequest,
+    account: &Account,
+) -> std::collections::BTreeMap<String, String> {
     let mut vars: std::collections::BTreeMap<String, String> = [
         ("HOME", account.dir.display().to_string()),
         ("USER", account.name.clone()),
@@ -303,9 +319,8 @@ fn environment(request: &SpawnRequest, account: &Account) -> Vec<CString> {
     for (key, value) in &request.user_environment {
         vars.insert(key.clone(), value.clone());
     }
-    vars.into_iter()
-        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
-        .collect()
+    vars.retain(|k, v| !k.is_empty() && !k.contains(['=', '\0']) && !v.contains('\0'));
+    vars
 }
 
 /// `~/.gantry/<uep>/` (0700, created as the user, refusing symlinks) and its

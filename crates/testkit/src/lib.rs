@@ -184,3 +184,24 @@ pub fn amqp_admin_amqp_url(vhost: &str) -> String {
     require_service("RabbitMQ", &amqp_host());
     format!("amqp://guest:guest@{}/{vhost}", amqp_host())
 }
+
+/// The path of a binary of this workspace, built first (a no-op when it is up to date):
+/// tests of one package run the shipped programs of another (the service's end-to-end
+/// tests run `gantry-endpoint`), which cargo does not build for them by itself.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", package, "--bins"])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
+    assert!(status.success(), "building {package} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}

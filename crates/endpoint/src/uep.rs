@@ -1,0 +1,862 @@
+//! The user endpoint (UEP): what the MEP's helper execs as the user. It reads its
+//! instructions from stdin ([`UepStdin`]), starts the engine its rendered config names,
+//! consumes its task queue, publishes results and heartbeats, and stops when idle, when
+//! told, or when its MEP dies.
+//!
+//! Promises kept here (SPEC §6):
+//! - a task is acknowledged only once the engine holds it;
+//! - a result is written to `unacked_results/` before it is published with a confirm,
+//!   and removed only after the confirm, so a crash or a broker outage loses none (they
+//!   are sent again at the next start or reconnect);
+//! - heartbeats carry the engine's figures and each task's `execution-start`;
+//! - a function outside `allowed_functions` gets `FUNCTION_NOT_ALLOWED`;
+//! - the last heartbeat says `heartbeat_period: 0, active: false`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures_lite::StreamExt;
+use gantry_broker::lapin::options::BasicAckOptions;
+use gantry_broker::lapin::types::AMQPValue;
+use gantry_broker::lapin::{BasicProperties, message::Delivery};
+use gantry_broker::{Broker, Outgoing};
+use gantry_engine::{EngineEvent, EngineHandle, EngineResult, EngineTask};
+use gantry_protocol::command::{AmqpCreds, UepStdin};
+use gantry_protocol::messagepack::{
+    ActorName, EpStatusReport, Message, ResultErrorDetails, TaskResult, TaskState, TaskTransition,
+};
+use gantry_protocol::rest::QueueInfo;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::{ConfigError, yaml_mapping};
+use crate::proctitle;
+
+/// The most bytes of stdin a UEP reads: its instructions are small.
+const MAX_STDIN: u64 = 16 * 1024 * 1024;
+/// Tasks prefetched from the broker beyond what the engine runs: enough to keep
+/// workers busy between broker round trips, few enough that a dying UEP hands little
+/// back.
+const PREFETCH: u16 = 256;
+/// Results published in one round of confirms, at most.
+const RESULT_BATCH: usize = 256;
+/// How often the UEP checks that its MEP is still its parent.
+const PARENT_WATCH: Duration = Duration::from_secs(1);
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The UEP's settings from its rendered config (SPEC §6).
+#[derive(Debug, Clone)]
+pub struct UepConfig {
+    /// The `engine` section, handed to the engine as it is.
+    pub engine: Value,
+    /// Seconds between heartbeats.
+    pub heartbeat_period: f64,
+    /// Heartbeats with nothing outstanding (after at least one task) before it stops;
+    /// 0: never.
+    pub idle_heartbeats_soft: u64,
+    /// Heartbeats with no movement at all before it stops; 0: never.
+    pub idle_heartbeats_hard: u64,
+    /// Functions it may run.
+    pub allowed_functions: Option<Vec<Uuid>>,
+    /// A shell snippet run once before the engine starts.
+    pub endpoint_setup: Option<String>,
+    /// A shell snippet run once after the engine stopped.
+    pub endpoint_teardown: Option<String>,
+}
+
+const UEP_KEYS: &[&str] = &[
+    "engine",
+    "heartbeat_period",
+    "idle_heartbeats_soft",
+    "idle_heartbeats_hard",
+    "allowed_functions",
+    "endpoint_setup",
+    "endpoint_teardown",
+    "display_name",
+    "debug",
+    "amqp_port",
+    "log_dir",
+    "stdout",
+    "stderr",
+    "environment",
+    "local_compute_services",
+    "multi_user",
+];
+
+impl UepConfig {
+    /// Parses the rendered config; errors are written for the scientist who will read
+    /// them as the reason their tasks failed.
+    pub fn parse(yaml: &str) -> Result<UepConfig, ConfigError> {
+        let path = Path::new("rendered user endpoint config");
+        let map = yaml_mapping(path, yaml)?;
+        let unknown: Vec<&String> = map
+            .keys()
+            .filter(|k| !UEP_KEYS.contains(&k.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ConfigError::Value {
+                path: path.into(),
+                key: unknown[0].clone(),
+                expected: format!(
+                    "is not a user endpoint setting; valid ones are: {}",
+                    UEP_KEYS.join(", ")
+                ),
+            });
+        }
+        let bad = |key: &str, expected: &str| ConfigError::Value {
+            path: path.into(),
+            key: key.into(),
+            expected: expected.into(),
+        };
+        let engine = map.get("engine").cloned().ok_or_else(|| {
+            bad(
+                "engine",
+                "is required (e.g. `engine: {type: ThreadPoolEngine}`)",
+            )
+        })?;
+        let count = |key: &str, default: u64| -> Result<u64, ConfigError> {
+            match map.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| bad(key, "must be a whole number, 0 or more")),
+            }
+        };
+        let heartbeat_period = match map.get("heartbeat_period") {
+            None | Some(Value::Null) => 30.0,
+            Some(v) => v
+                .as_f64()
+                .filter(|p| p.is_finite() && *p >= 0.5)
+                .ok_or_else(|| {
+                    bad(
+                        "heartbeat_period",
+                        "must be a number of seconds, at least 0.5",
+                    )
+                })?,
+        };
+        let allowed_functions = match map.get("allowed_functions") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad("allowed_functions", "must be a list of function UUIDs"))?,
+            ),
+            Some(_) => return Err(bad("allowed_functions", "must be a list of function UUIDs")),
+        };
+        let snippet = |key: &str| -> Result<Option<String>, ConfigError> {
+            match map.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(key, "must be a shell snippet (a string)")),
+            }
+        };
+        Ok(UepConfig {
+            engine,
+            heartbeat_period,
+            idle_heartbeats_soft: count("idle_heartbeats_soft", 0)?,
+            idle_heartbeats_hard: count("idle_heartbeats_hard", 5760)?,
+            allowed_functions,
+            endpoint_setup: snippet("endpoint_setup")?,
+            endpoint_teardown: snippet("endpoint_teardown")?,
+        })
+    }
+}
+
+/// Why a UEP stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Told to (SIGTERM, or the caller's stop signal).
+    Asked,
+    /// Idle for `idle_heartbeats_soft` heartbeats after work.
+    IdleSoft,
+    /// No movement for `idle_heartbeats_hard` heartbeats.
+    IdleHard,
+    /// Its MEP died.
+    ParentGone,
+}
+
+/// How a running UEP is set up, beyond its engine.
+#[derive(Debug, Clone)]
+pub struct UepSettings {
+    /// Its queues and broker accounts.
+    pub creds: AmqpCreds,
+    /// Its settings.
+    pub config: UepConfig,
+    /// Its private folder (`~/.gantry/uep.<mep>.<uep>`), for `unacked_results/` and
+    /// `status.json`; `None` keeps results in memory only (tests).
+    pub dir: Option<PathBuf>,
+    /// The MEP's pid: when the parent changes, the MEP is gone and the UEP stops.
+    pub parent_pid: Option<i32>,
+    /// Its process title, to which the state is prefixed; `None`: leave the title alone.
+    pub title: Option<String>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+fn nanos(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+fn publish_target(info: &QueueInfo) -> anyhow::Result<(String, String)> {
+    let kwargs = info
+        .queue_publish_kwargs
+        .as_ref()
+        .context("queue info without queue_publish_kwargs")?;
+    Ok((kwargs.exchange.clone(), kwargs.routing_key.clone()))
+}
+
+/// Results waiting for the broker's confirm, mirrored on disk when the UEP has a folder.
+struct ResultStore {
+    dir: Option<PathBuf>,
+    pending: BTreeMap<Uuid, Vec<u8>>,
+}
+
+impl ResultStore {
+    fn open(dir: Option<PathBuf>) -> anyhow::Result<ResultStore> {
+        let mut pending = BTreeMap::new();
+        if let Some(dir) = &dir {
+            crate::dirs::create_private_dir(dir)?;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| Uuid::parse_str(n).ok())
+                else {
+                    continue;
+                };
+                pending.insert(id, std::fs::read(entry.path())?);
+            }
+            if !pending.is_empty() {
+                tracing::info!(
+                    count = pending.len(),
+                    "results from an earlier run will be sent again"
+                );
+            }
+        }
+        Ok(ResultStore { dir, pending })
+    }
+
+    fn keep(&mut self, task_id: Uuid, body: Vec<u8>) -> anyhow::Result<()> {
+        if let Some(dir) = &self.dir {
+            crate::dirs::write_private(&dir.join(task_id.to_string()), &body)
+                .context("keeping a result in unacked_results")?;
+        }
+        self.pending.insert(task_id, body);
+        Ok(())
+    }
+
+    fn confirmed(&mut self, task_id: Uuid) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_file(dir.join(task_id.to_string()));
+        }
+        self.pending.remove(&task_id);
+    }
+}
+
+/// What the heartbeat tells about the engine and the idle clock.
+struct Activity {
+    outstanding: usize,
+    any_task: bool,
+    moved: bool,
+    soft_count: u64,
+    hard_count: u64,
+    transitions: BTreeMap<String, Vec<TaskTransition>>,
+}
+
+/// Runs a UEP with `engine` until it stops; sends its last heartbeat and shuts the
+/// engine down. `stop` ends it from outside (the binary wires SIGTERM to it).
+pub async fn serve(
+    settings: UepSettings,
+    mut engine: EngineHandle,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<StopReason> {
+    let creds = &settings.creds;
+    let endpoint_id = creds.endpoint_id;
+    let allowed: Option<HashSet<Uuid>> = settings
+        .config
+        .allowed_functions
+        .as_ref()
+        .map(|f| f.iter().copied().collect());
+    let mut results = ResultStore::open(settings.dir.as_ref().map(|d| d.join("unacked_results")))?;
+    let (result_exchange, result_key) = publish_target(&creds.result_queue_info)?;
+    let (beat_exchange, beat_key) = publish_target(&creds.heartbeat_queue_info)?;
+    let period = Duration::from_secs_f64(settings.config.heartbeat_period);
+    let mut activity = Activity {
+        outstanding: 0,
+        any_task: false,
+        moved: false,
+        soft_count: 0,
+        hard_count: 0,
+        transitions: BTreeMap::new(),
+    };
+    let mut backoff = Duration::from_secs(1);
+    let reason = 'outer: loop {
+        // One broker session; a lost connection ends it and the engine keeps working.
+        let session = async {
+            let broker = Broker::connect(&creds.task_queue_info.connection_url).await?;
+            let consumer = broker
+                .consume(&creds.task_queue_info.queue, "gantry-uep", PREFETCH)
+                .await?;
+            anyhow::Ok((broker, consumer))
+        };
+        let (broker, mut consumer) = match session.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the broker; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break 'outer StopReason::Asked,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        let send_beat = |broker: &Broker,
+                         period: f64,
+                         activity: &mut Activity,
+                         status: gantry_engine::EngineStatus| {
+            let mut global_state = Map::new();
+            global_state.insert("heartbeat_period".into(), json!(period));
+            global_state.insert("active".into(), json!(period > 0.0));
+            global_state.insert("total_workers".into(), json!(status.workers));
+            global_state.insert("idle_workers".into(), json!(status.idle_workers));
+            global_state.insert("outstanding_tasks".into(), json!(status.outstanding));
+            global_state.insert("pending_tasks".into(), json!(status.pending));
+            global_state.insert("blocks".into(), json!(status.blocks));
+            let body = Message::EpStatusReport(EpStatusReport {
+                endpoint_id,
+                global_state,
+                task_statuses: std::mem::take(&mut activity.transitions),
+            })
+            .pack();
+            let broker = broker.clone();
+            let (exchange, key) = (beat_exchange.clone(), beat_key.clone());
+            async move {
+                broker
+                    .publish_confirmed(&[Outgoing {
+                        exchange: &exchange,
+                        routing_key: &key,
+                        body: &body,
+                        properties: BasicProperties::default(),
+                    }])
+                    .await
+            }
+        };
+        // Results left from before (a restart or an outage) go first.
+        let leftovers: Vec<(Uuid, Vec<u8>)> = results
+            .pending
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        if !leftovers.is_empty() {
+            let outgoing: Vec<Outgoing> = leftovers
+                .iter()
+                .map(|(_, body)| Outgoing {
+                    exchange: &result_exchange,
+                    routing_key: &result_key,
+                    body,
+                    properties: BasicProperties::default(),
+                })
+                .collect();
+            if let Err(e) = broker.publish_confirmed(&outgoing).await {
+                tracing::warn!(error = %e, "cannot send kept results; reconnecting");
+                continue;
+            }
+            for (id, _) in &leftovers {
+                results.confirmed(*id);
+            }
+        }
+        if let Err(e) = send_beat(
+            &broker,
+            settings.config.heartbeat_period,
+            &mut activity,
+            engine.status(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "first heartbeat failed; reconnecting");
+            continue;
+        }
+        let mut beat = tokio::time::interval(period);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        let mut watch_parent = tokio::time::interval(PARENT_WATCH);
+        loop {
+            tokio::select! {
+                delivery = consumer.next() => {
+                    let Some(Ok(delivery)) = delivery else {
+                        tracing::warn!("the task queue consumer ended; reconnecting");
+                        break;
+                    };
+                    activity.moved = true;
+                    match accept(&delivery, &allowed) {
+                        Ok(task) => {
+                            if let Err(e) = engine.submit(task) {
+                                tracing::error!(error = %e, "the engine refused a task; it stays on the queue");
+                                break;
+                            }
+                            activity.outstanding += 1;
+                            activity.any_task = true;
+                        }
+                        Err(result) => {
+                            let task_id = result.task_id;
+                            results.keep(task_id, Message::Result(result).pack())?;
+                        }
+                    }
+                    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                        tracing::warn!(error = %e, "ack failed; reconnecting");
+                        break;
+                    }
+                    if !results.pending.is_empty() && !flush(&broker, &mut results, &result_exchange, &result_key).await {
+                        break;
+                    }
+                }
+                event = engine.next_event() => {
+                    let Some(event) = event else {
+                        anyhow::bail!("the engine stopped unexpectedly");
+                    };
+                    activity.moved = true;
+                    // Take what else is ready, then publish all of it with one round of confirms.
+                    let mut batch = vec![event];
+                    while batch.len() < RESULT_BATCH {
+                        match futures_lite::future::poll_once(engine.next_event()).await {
+                            Some(Some(event)) => batch.push(event),
+                            _ => break,
+                        }
+                    }
+                    for event in batch {
+                        match event {
+                            EngineEvent::Started { task_id, at } => {
+                                activity.transitions.entry(task_id.to_string()).or_default().push(TaskTransition {
+                                    timestamp: nanos(at),
+                                    state: TaskState::ExecStart,
+                                    actor: ActorName::Worker,
+                                });
+                            }
+                            EngineEvent::Finished(result) => {
+                                activity.outstanding = activity.outstanding.saturating_sub(1);
+                                let task_id = result.task_id;
+                                results.keep(task_id, Message::Result(result_message(result, endpoint_id)).pack())?;
+                            }
+                        }
+                    }
+                    if !results.pending.is_empty() && !flush(&broker, &mut results, &result_exchange, &result_key).await {
+                        break;
+                    }
+                }
+                _ = beat.tick() => {
+                    let status = engine.status();
+                    if activity.outstanding == 0 && status.outstanding == 0 && activity.any_task {
+                        activity.soft_count += 1;
+                    } else {
+                        activity.soft_count = 0;
+                    }
+                    if activity.moved { activity.hard_count = 0; } else { activity.hard_count += 1; }
+                    activity.moved = false;
+                    let soft = settings.config.idle_heartbeats_soft;
+                    let hard = settings.config.idle_heartbeats_hard;
+                    write_status(&settings, &activity, &status);
+                    set_title(&settings, &activity);
+                    if soft > 0 && activity.soft_count >= soft {
+                        tracing::info!(heartbeats = soft, "idle after work; shutting down");
+                        break 'outer StopReason::IdleSoft;
+                    }
+                    if hard > 0 && activity.hard_count >= hard {
+                        tracing::info!(heartbeats = hard, "no activity; shutting down");
+                        break 'outer StopReason::IdleHard;
+                    }
+                    if let Err(e) = send_beat(&broker, settings.config.heartbeat_period, &mut activity, status).await {
+                        tracing::warn!(error = %e, "heartbeat failed; reconnecting");
+                        break;
+                    }
+                }
+                _ = watch_parent.tick(), if settings.parent_pid.is_some() => {
+                    if settings.parent_pid != Some(crate::process::parent_pid()) {
+                        tracing::warn!("the MEP that started this endpoint is gone; stopping");
+                        break 'outer StopReason::ParentGone;
+                    }
+                }
+                _ = stop.changed() => break 'outer StopReason::Asked,
+            }
+        }
+        broker.close().await;
+    };
+    // Stop taking tasks, stop the engine, say goodbye.
+    if reason == StopReason::ParentGone {
+        // The MEP is gone: no one will wait for a graceful stop; stop everything now.
+        crate::process::kill_own_session(libc::SIGKILL);
+    }
+    engine.shutdown().await;
+    let goodbye = async {
+        let broker = Broker::connect(&creds.heartbeat_queue_info.connection_url).await?;
+        if !results.pending.is_empty() {
+            flush(&broker, &mut results, &result_exchange, &result_key).await;
+        }
+        let mut global_state = Map::new();
+        global_state.insert("heartbeat_period".into(), json!(0));
+        global_state.insert("active".into(), json!(false));
+        let body = Message::EpStatusReport(EpStatusReport {
+            endpoint_id,
+            global_state,
+            task_statuses: std::mem::take(&mut activity.transitions),
+        })
+        .pack();
+        broker
+            .publish_confirmed(&[Outgoing {
+                exchange: &beat_exchange,
+                routing_key: &beat_key,
+                body: &body,
+                properties: BasicProperties::default(),
+            }])
+            .await?;
+        broker.close().await;
+        anyhow::Ok(())
+    };
+    let limit = if reason == StopReason::ParentGone {
+        1
+    } else {
+        10
+    };
+    match tokio::time::timeout(Duration::from_secs(limit), goodbye).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not send the last heartbeat"),
+        Err(_) => tracing::warn!("the last heartbeat timed out"),
+    }
+    Ok(reason)
+}
+
+/// Publishes every pending result with one round of confirms; false when the broker
+/// connection failed (the results stay pending, on disk).
+async fn flush(broker: &Broker, results: &mut ResultStore, exchange: &str, key: &str) -> bool {
+    let batch: Vec<(Uuid, Vec<u8>)> = results
+        .pending
+        .iter()
+        .take(RESULT_BATCH)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    let outgoing: Vec<Outgoing> = batch
+        .iter()
+        .map(|(_, body)| Outgoing {
+            exchange,
+            routing_key: key,
+            body,
+            properties: BasicProperties::default(),
+        })
+        .collect();
+    match broker.publish_confirmed(&outgoing).await {
+        Ok(()) => {
+            for (id, _) in &batch {
+                results.confirmed(*id);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pending = results.pending.len(), "results not confirmed; kept for the next connection");
+            false
+        }
+    }
+}
+
+fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Turns a delivery into a task for the engine, or into the result that refuses it.
+fn accept(delivery: &Delivery, allowed: &Option<HashSet<Uuid>>) -> Result<EngineTask, TaskResult> {
+    let task = match Message::unpack(&delivery.data) {
+        Ok(Message::Task(task)) => task,
+        Ok(other) => {
+            tracing::warn!(
+                kind = other.message_type(),
+                "not a task on the task queue; dropped"
+            );
+            return Err(refusal(Uuid::nil(), "BAD_MESSAGE", "not a task"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable message on the task queue; dropped");
+            return Err(refusal(Uuid::nil(), "BAD_MESSAGE", "undecodable task"));
+        }
+    };
+    let function = header_str(delivery, "function_uuid").and_then(|s| Uuid::parse_str(&s).ok());
+    if let Some(allowed) = allowed
+        && !function.is_some_and(|f| allowed.contains(&f))
+    {
+        let shown = function
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| "(none)".into());
+        return Err(refusal(
+            task.task_id,
+            "FUNCTION_NOT_ALLOWED",
+            &format!(
+                "Function {shown} is not allowed on this endpoint; ask its administrator to add it to allowed_functions"
+            ),
+        ));
+    }
+    let resource_specification =
+        header_str(delivery, "resource_specification").and_then(|s| serde_json::from_str(&s).ok());
+    Ok(EngineTask {
+        task_id: task.task_id,
+        task_buffer: task.task_buffer,
+        resource_specification,
+    })
+}
+
+fn refusal(task_id: Uuid, code: &str, message: &str) -> TaskResult {
+    TaskResult {
+        task_id,
+        data: message.to_owned(),
+        details: None,
+        error_details: Some(ResultErrorDetails {
+            code: code.to_owned(),
+            user_message: message.to_owned(),
+        }),
+        task_statuses: None,
+    }
+}
+
+fn result_message(result: EngineResult, endpoint_id: Uuid) -> TaskResult {
+    let mut task_statuses = Vec::new();
+    if let Some(started) = result.started {
+        task_statuses.push(TaskTransition {
+            timestamp: nanos(started),
+            state: TaskState::ExecStart,
+            actor: ActorName::Worker,
+        });
+    }
+    task_statuses.push(TaskTransition {
+        timestamp: nanos(result.finished),
+        state: TaskState::ExecEnd,
+        actor: ActorName::Worker,
+    });
+    let mut details = Map::new();
+    details.insert("endpoint_id".into(), json!(endpoint_id));
+    TaskResult {
+        task_id: result.task_id,
+        data: result.data,
+        details: Some(details),
+        error_details: result.error,
+        task_statuses: Some(task_statuses),
+    }
+}
+
+fn state_words(settings: &UepSettings, activity: &Activity) -> Option<String> {
+    let soft = settings.config.idle_heartbeats_soft;
+    if activity.outstanding > 0 {
+        return None;
+    }
+    let period = settings.config.heartbeat_period;
+    if soft > 0 && activity.any_task {
+        let left = soft.saturating_sub(activity.soft_count) as f64 * period;
+        return Some(format!("[idle; shut down in {left:.1}s]"));
+    }
+    let hard = settings.config.idle_heartbeats_hard;
+    if hard > 0 {
+        let left = hard.saturating_sub(activity.hard_count) as f64 * period;
+        return Some(format!("[idle; shut down in {left:.1}s]"));
+    }
+    Some("[idle]".into())
+}
+
+fn set_title(settings: &UepSettings, activity: &Activity) {
+    if let Some(title) = &settings.title {
+        match state_words(settings, activity) {
+            Some(state) => proctitle::set(&format!("{state} {title}")),
+            None => proctitle::set(title),
+        };
+    }
+}
+
+/// `status.json` in the UEP's folder: what `gantry-endpoint list` shows for it.
+fn write_status(settings: &UepSettings, activity: &Activity, status: &gantry_engine::EngineStatus) {
+    let Some(dir) = &settings.dir else { return };
+    let state = if activity.outstanding > 0 {
+        "busy".to_owned()
+    } else {
+        state_words(settings, activity).unwrap_or_default()
+    };
+    let body = json!({
+        "state": state,
+        "outstanding": activity.outstanding,
+        "workers": status.workers,
+        "idle_workers": status.idle_workers,
+        "pending": status.pending,
+        "updated_at_ns": now_ns(),
+    });
+    let _ = crate::dirs::write_private(&dir.join("status.json"), body.to_string().as_bytes());
+}
+
+/// Reads the UEP's instructions from stdin.
+pub fn read_stdin() -> anyhow::Result<UepStdin> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::io::stdin().take(MAX_STDIN).read_to_end(&mut text)?;
+    serde_json::from_slice(&text).context("the UEP's stdin is not the JSON its MEP writes")
+}
+
+/// Publishes one heartbeat reporting a failed start, so the user's tasks fail with
+/// `message` instead of waiting (used by a UEP whose config is refused, and by the MEP
+/// on a UEP's behalf).
+pub async fn report_failed_start(
+    broker: &Broker,
+    heartbeat: &QueueInfo,
+    endpoint_id: Uuid,
+    message: &str,
+) -> anyhow::Result<()> {
+    let (exchange, key) = publish_target(heartbeat)?;
+    let mut global_state = Map::new();
+    global_state.insert("heartbeat_period".into(), json!(0));
+    global_state.insert("active".into(), json!(false));
+    global_state.insert("error".into(), json!(message));
+    let body = Message::EpStatusReport(EpStatusReport {
+        endpoint_id,
+        global_state,
+        task_statuses: Default::default(),
+    })
+    .pack();
+    broker
+        .publish_confirmed(&[Outgoing {
+            exchange: &exchange,
+            routing_key: &key,
+            body: &body,
+            properties: BasicProperties::default(),
+        }])
+        .await?;
+    Ok(())
+}
+
+/// The `uep` mode of `gantry-endpoint`: what the MEP's helper execs.
+pub async fn main() -> anyhow::Result<()> {
+    let stdin = read_stdin()?;
+    let creds = stdin.amqp_creds.clone();
+    let ep_info = &stdin.ep_info;
+    let dir = ep_info
+        .get("uep_dir")
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
+    let parent_pid = ep_info
+        .get("parent_pid")
+        .and_then(Value::as_i64)
+        .map(|p| p as i32);
+    let title = crate::proctitle::current();
+    tracing::info!(uep_id = %creds.endpoint_id, title, "user endpoint starting");
+    let fail = |message: String| {
+        let creds = creds.clone();
+        async move {
+            tracing::error!(%message, "the user endpoint cannot start");
+            let broker = Broker::connect(&creds.heartbeat_queue_info.connection_url).await?;
+            report_failed_start(
+                &broker,
+                &creds.heartbeat_queue_info,
+                creds.endpoint_id,
+                &message,
+            )
+            .await?;
+            broker.close().await;
+            anyhow::bail!(message)
+        }
+    };
+    let mut config = match UepConfig::parse(&stdin.config) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("the user endpoint config is invalid: {e}")).await,
+    };
+    if let Some(mep_allowed) = &stdin.allowed_functions {
+        // The MEP's list bounds the UEP's: only functions on both lists run.
+        config.allowed_functions = Some(match config.allowed_functions.take() {
+            Some(own) => own
+                .into_iter()
+                .filter(|f| mep_allowed.contains(f))
+                .collect(),
+            None => mep_allowed.clone(),
+        });
+    }
+    let engine_config = match gantry_engine::EngineConfig::from_value(&config.engine) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("the user endpoint's engine is invalid: {e}")).await,
+    };
+    if let Some(setup) = &config.endpoint_setup {
+        let status = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(setup)
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return fail(format!("endpoint_setup failed ({s})")).await,
+            Err(e) => return fail(format!("endpoint_setup could not run: {e}")).await,
+        }
+    }
+    let expected_python = ep_info
+        .get("user_runtime")
+        .and_then(gantry_protocol::uep_id::python_major_minor);
+    let run_dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+    let pool_program = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("gantry-pool"))
+        .context("cannot find gantry-pool next to gantry-endpoint")?;
+    let engine = match gantry_engine::start_engine(
+        &engine_config,
+        gantry_engine::EngineEnv {
+            run_dir,
+            pool_program,
+            expected_python,
+            uep_id: creds.endpoint_id,
+        },
+    )
+    .await
+    {
+        Ok(engine) => engine,
+        Err(e) => return fail(format!("the user endpoint's engine could not start: {e}")).await,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut int =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        tokio::select! {
+            _ = async { if let Some(s) = term.as_mut() { s.recv().await; } else { std::future::pending::<()>().await } } => {}
+            _ = async { if let Some(s) = int.as_mut() { s.recv().await; } else { std::future::pending::<()>().await } } => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let teardown = config.endpoint_teardown.clone();
+    let settings = UepSettings {
+        creds,
+        config,
+        dir,
+        parent_pid,
+        title: Some(title.trim_end().to_owned()),
+    };
+    let reason = serve(settings, engine, stop_rx).await?;
+    if let Some(teardown) = teardown {
+        let _ = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(teardown)
+            .status()
+            .await;
+    }
+    // Whatever the workers left behind in this session goes with the endpoint.
+    crate::process::kill_own_session(libc::SIGKILL);
+    tracing::info!(?reason, "user endpoint stopped");
+    Ok(())
+}
