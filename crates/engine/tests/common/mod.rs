@@ -18,17 +18,44 @@ use uuid::Uuid;
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
 /// The `gantry-pool` example binary, built by cargo next to the test binaries.
+///
+/// `cargo nextest run -p gantry-engine` builds it with the tests, but a run narrowed
+/// with `--test` does not, and would test an old pool: refuse that.
 pub fn pool_program() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let program = profile_dir.join("examples/gantry-pool");
+    let rebuild = "run `cargo nextest run -p gantry-engine` without `--test`, or \
+                   `cargo build -p gantry-engine --examples` first";
+    let built = std::fs::metadata(&program)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing; {rebuild}", program.display()));
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = ["src", "python", "examples"]
+        .iter()
+        .flat_map(|dir| walk(&crate_dir.join(dir)))
+        .max()
+        .unwrap();
     assert!(
-        program.exists(),
-        "{} is missing; `cargo nextest run -p gantry-engine` (or `cargo test`) builds it \
-         with the tests; build it alone with `cargo build -p gantry-engine --examples`",
+        built >= newest_source,
+        "{} is older than the engine's sources; {rebuild}",
         program.display()
     );
     program
+}
+
+/// Modification times of the files under `dir`.
+fn walk(dir: &Path) -> Vec<std::time::SystemTime> {
+    let mut times = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            times.extend(walk(&path));
+        } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+            times.push(modified);
+        }
+    }
+    times
 }
 
 pub fn venv_python() -> String {
