@@ -528,3 +528,53 @@ async fn dropping_the_handle_also_stops_the_pools() {
     .await;
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_uep_killed_outright_takes_its_pools_and_workers_with_it() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = RunDir::new();
+    let marker = dir.marker();
+    let buffers = make_tasks(&[case("sleep", json!([600])), case("sleep", json!([600]))]);
+    let request = json!({
+        "engine": {"type": "GlobusComputeEngine", "max_workers_per_node": 1,
+                   "worker_python": venv_python(),
+                   "provider": {"type": "LocalProvider", "init_blocks": 2, "max_blocks": 2}},
+        "tasks": buffers,
+    });
+    let mut uep = tokio::process::Command::new(pool_program().with_file_name("engine-host"))
+        .arg(&dir.path)
+        .arg(pool_program())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = uep.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut events = tokio::io::BufReader::new(uep.stdout.take().unwrap()).lines();
+    let mut started = 0;
+    while started < 2 {
+        let line = tokio::time::timeout(PATIENCE, events.next_line())
+            .await
+            .expect("the tasks never started")
+            .unwrap()
+            .expect("the UEP stand-in exited");
+        started += usize::from(line.contains("started"));
+    }
+    assert_eq!(pool_pids(&marker).len(), 2, "{:?}", processes_with(&marker));
+    assert_eq!(
+        worker_pids(&marker).len(),
+        2,
+        "{:?}",
+        processes_with(&marker)
+    );
+    uep.start_kill().unwrap();
+    uep.wait().await.unwrap();
+    wait_until("the pools and workers of the killed UEP to be gone", || {
+        processes_with(&marker).is_empty()
+    })
+    .await;
+}

@@ -30,32 +30,22 @@ pub fn pool_program() -> PathBuf {
     let built = std::fs::metadata(&program)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing; {rebuild}", program.display()));
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest_source = ["src", "python", "examples"]
-        .iter()
-        .flat_map(|dir| walk(&crate_dir.join(dir)))
-        .max()
-        .unwrap();
-    assert!(
-        built >= newest_source,
-        "{} is older than the engine's sources; {rebuild}",
-        program.display()
-    );
-    program
-}
-
-/// Modification times of the files under `dir`.
-fn walk(dir: &Path) -> Vec<std::time::SystemTime> {
-    let mut times = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            times.extend(walk(&path));
-        } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
-            times.push(modified);
-        }
+    // Cargo's dep-info lists every source the binary was built from (the library's,
+    // and the Python worker it embeds).
+    let dep_info = std::fs::read_to_string(program.with_extension("d"))
+        .unwrap_or_else(|_| panic!("{} has no dep-info; {rebuild}", program.display()));
+    let first_line = dep_info.lines().next().unwrap_or_default();
+    let (_, sources) = first_line.split_once(": ").unwrap();
+    for source in sources.replace("\\ ", "\0").split_whitespace() {
+        let source = source.replace('\0', " ");
+        let changed = std::fs::metadata(&source).and_then(|m| m.modified());
+        assert!(
+            changed.is_ok_and(|changed| changed <= built),
+            "{} is older than {source}; {rebuild}",
+            program.display()
+        );
     }
-    times
+    program
 }
 
 pub fn venv_python() -> String {
