@@ -50,7 +50,14 @@ class Channel:
         self._lock = threading.Lock()
 
     def send(self, message):
-        line = (json.dumps(message) + "\n").encode()
+        try:
+            # UTF-8 rather than \u escapes: at most 6 bytes for any character, so a
+            # result within the size limit always fits the pool's line limit.
+            line = (json.dumps(message, ensure_ascii=False) + "\n").encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (undecodable bytes in a traceback, say) cannot be sent
+            # as UTF-8; replace it rather than lose the message.
+            line = (json.dumps(_replace_surrogates(message), ensure_ascii=False) + "\n").encode()
         with self._lock:
             try:
                 self._stream.write(line)
@@ -58,6 +65,14 @@ class Channel:
             except (BrokenPipeError, OSError):
                 # The pool is gone; so is the point of running.
                 os._exit(1)
+
+
+def _replace_surrogates(value):
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _hello(config):

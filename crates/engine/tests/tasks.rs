@@ -85,7 +85,11 @@ async fn globus_compute_engine_runs_tasks_with_python3_from_worker_init() {
 
 #[tokio::test]
 async fn an_exception_returns_the_remote_traceback() {
-    let buffers = make_tasks(&[case("fails", json!(["x"])), case("exits", json!([]))]);
+    let buffers = make_tasks(&[
+        case("fails", json!(["naïve ☃"])),
+        case("exits", json!([])),
+        case("fails_undecodably", json!([])),
+    ]);
     let mut engine = start(json!({
         "type": "ProcessPoolEngine", "max_workers": 1, "worker_python": venv_python()
     }))
@@ -97,7 +101,7 @@ async fn an_exception_returns_the_remote_traceback() {
     assert!(failed.data.starts_with("Traceback"), "{}", failed.data);
     assert!(failed.data.contains("in fails"), "{}", failed.data);
     assert!(
-        failed.data.contains("ValueError: bad input 'x'"),
+        failed.data.contains("ValueError: bad input 'naïve ☃'"),
         "{}",
         failed.data
     );
@@ -114,6 +118,10 @@ async fn an_exception_returns_the_remote_traceback() {
     let exited = &results[&ids[1]];
     assert_eq!(code(exited), codes::REMOTE_EXECUTION_ERROR);
     assert!(exited.data.contains("SystemExit: 3"), "{}", exited.data);
+    // Text that is not valid Unicode still makes a result, not a hang.
+    let odd = &results[&ids[2]];
+    assert_eq!(code(odd), codes::REMOTE_EXECUTION_ERROR);
+    assert!(odd.data.contains("ValueError: caf?"), "{}", odd.data);
     engine.shutdown().await;
 }
 

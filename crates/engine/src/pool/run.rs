@@ -429,7 +429,11 @@ impl Pool {
         let message = match serde_json::from_slice::<WorkerMessage>(line) {
             Ok(message) => message,
             Err(e) => {
-                tracing::warn!(error = %e, "a worker wrote something that is not a message");
+                // Its protocol is broken, so an answer it owes may never come: stop it,
+                // and the tasks it holds are lost (and retried) instead of hanging.
+                let slot = &mut self.slots[position];
+                tracing::error!(slot = slot.index, error = %e, "a worker wrote something that is not a message; stopping it");
+                slot.process.signal(Signal::SIGKILL);
                 return Ok(());
             }
         };

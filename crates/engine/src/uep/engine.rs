@@ -182,6 +182,18 @@ pub(crate) async fn run<P: Provider>(
     // Dropping `side` (its event sender) tells the handle the engine has stopped.
 }
 
+/// The bytes `text` takes as a JSON string, as serde_json writes it.
+fn json_string_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 impl<P: Provider> Engine<P> {
     pub(crate) fn new(settings: Settings, provider: P) -> Engine<P> {
         Engine {
@@ -241,15 +253,16 @@ impl<P: Provider> Engine<P> {
                 return self.refuse(task_id, codes::INVALID_RESOURCE_SPECIFICATION, message);
             }
         };
-        // Leave room for the frame's JSON around the buffer.
-        if task.task_buffer.len() > limits::MAX_FRAME - 64 * 1024 {
+        // As JSON in a frame, with room for the frame's other fields.
+        let room = limits::MAX_FRAME - 64 * 1024;
+        if json_string_len(&task.task_buffer) > room {
             return self.refuse(
                 task_id,
                 codes::TASK_TOO_LARGE,
                 format!(
-                    "the task's payload is {} bytes, more than a worker pool accepts ({} bytes)",
+                    "the task's payload is {} bytes, more than a worker pool accepts \
+                     ({room} bytes once encoded)",
                     task.task_buffer.len(),
-                    limits::MAX_FRAME - 64 * 1024
                 ),
             );
         }
@@ -335,6 +348,8 @@ impl<P: Provider> Engine<P> {
         );
         if let Err(e) = self.provider.start(block, &command).await {
             self.on_start_failure(block, e.to_string());
+            // The provider never had it, so it will never report its end.
+            self.blocks.remove(&block);
         }
     }
 
@@ -725,5 +740,23 @@ impl<P: Provider> Engine<P> {
         }
         self.provider.shutdown().await;
         self.blocks.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string_len;
+
+    #[test]
+    fn json_string_len_matches_serde_json() {
+        for text in [
+            "",
+            "plain",
+            "quote\" back\\ nl\n tab\t bell\u{7} ff\u{c}",
+            "naïve ☃ 𝄞",
+        ] {
+            let encoded = serde_json::to_string(text).unwrap_or_default();
+            assert_eq!(json_string_len(text), encoded.len(), "{text:?}");
+        }
     }
 }

@@ -26,6 +26,11 @@ def fails(x):
     raise ValueError(f"bad input {x!r}")
 
 
+def fails_undecodably():
+    # A message with a lone surrogate, as undecodable bytes from the OS come out.
+    raise ValueError(b"caf\xe9".decode("utf-8", "surrogateescape"))
+
+
 def task_uuid():
     import os
 
@@ -82,6 +87,7 @@ def exits():
 CASES = {
     "add": add,
     "fails": fails,
+    "fails_undecodably": fails_undecodably,
     "task_uuid": task_uuid,
     "big": big,
     "sleep": sleep,
