@@ -9,7 +9,7 @@ use futures_lite::StreamExt;
 use gantry_broker::lapin::message::Delivery;
 use gantry_broker::lapin::options::BasicAckOptions;
 use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of, task_queue};
-use gantry_protocol::messagepack::{Message, TaskState};
+use gantry_protocol::messagepack::{Message, TaskState, UnpackError};
 use gantry_store::{StoredResult, announces_stop};
 use uuid::Uuid;
 
@@ -186,6 +186,7 @@ async fn handle_result(state: &AppState, delivery: &Delivery) -> Outcome {
     let result = match Message::unpack_result(&delivery.data) {
         Ok(result) => result,
         Err(error) => {
+            let error = unreadable(&error);
             tracing::warn!(%error, endpoint_id = %sender, "dropping an unreadable result message");
             return Outcome::Ack;
         }
@@ -258,6 +259,7 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
             return Outcome::Ack;
         }
         Err(error) => {
+            let error = unreadable(&error);
             tracing::warn!(%error, endpoint_id = %sender, "dropping an unreadable heartbeat");
             return Outcome::Ack;
         }
@@ -339,6 +341,34 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
         }
     }
     Outcome::Ack
+}
+
+/// Why a message could not be read, without quoting it: serde's messages quote the
+/// offending value (`invalid type: string "..."`), which may be a user's result, and an
+/// unknown message type is whatever the sender wrote.
+fn unreadable(error: &UnpackError) -> String {
+    let at = |source: &serde_json::Error| {
+        format!(
+            "{:?} error at line {} column {}",
+            source.classify(),
+            source.line(),
+            source.column()
+        )
+    };
+    match error {
+        UnpackError::Envelope(source) => format!("the envelope is not valid ({})", at(source)),
+        UnpackError::Data {
+            message_type,
+            source,
+        } => format!(
+            "the {message_type} message has invalid data ({})",
+            at(source)
+        ),
+        UnpackError::UnknownMessageType(name) => {
+            format!("unknown message type ({} characters)", name.chars().count())
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Empties the task queue of a (non-multi-user) endpoint; a MEP has none.

@@ -240,12 +240,16 @@ pub fn result_message(task: &TaskRecord) -> Option<TaskResult> {
 }
 
 /// Forwards a finished task's result to its task group's queue. A group without a
-/// queue (submitted with `create_queue: false`) is not an error: its results are read
-/// over REST.
+/// queue (submitted with `create_queue: false`, the default of the SDK's `Client.run`)
+/// gets nothing: its results are read over REST, and a message sent to a queue that
+/// does not exist only comes back from the broker, body and all.
 pub async fn forward_result(
     state: &AppState,
     task: &TaskRecord,
 ) -> Result<(), gantry_broker::BrokerError> {
+    if !task.result_queue {
+        return Ok(());
+    }
     let Some(result) = result_message(task) else {
         return Ok(());
     };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use gantry_service::logging;
 use gantry_service::server::{ServeConfig, start};
 use gantry_store::Store;
 use serde_json::json;
@@ -124,14 +125,23 @@ enum AdminAction {
     },
 }
 
+/// Logs to stderr as `GANTRY_LOG` selects (see `gantry_service::logging`); a filter that
+/// does not parse falls back to the default, and says so.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn,tower_http=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("GANTRY_LOG").ok();
+    let (layer, refused) = match logging::layer(spec.as_deref(), std::io::stderr) {
+        Ok(layer) => (layer, None),
+        Err(error) => (
+            logging::layer(None, std::io::stderr).expect("the default filter parses"),
+            Some(error),
+        ),
+    };
+    tracing_subscriber::registry().with(layer).init();
+    if let Some(error) = refused {
+        tracing::warn!(%error, "GANTRY_LOG does not parse; logging with the default filter");
+    }
 }
 
 async fn admin(database: &DatabaseArg, action: AdminAction) -> anyhow::Result<serde_json::Value> {

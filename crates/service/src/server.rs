@@ -104,8 +104,8 @@ async fn shutdown_signal() {
 
 /// The vhost named by an AMQP URL's path (`/` when absent).
 fn vhost_of(amqp_url: &str) -> anyhow::Result<String> {
-    let parsed =
-        url::Url::parse(amqp_url).with_context(|| format!("bad --amqp-url {amqp_url:?}"))?;
+    let parsed = url::Url::parse(amqp_url)
+        .with_context(|| format!("bad --amqp-url {:?}", redact_url(amqp_url)))?;
     let path = parsed.path().trim_start_matches('/');
     Ok(if path.is_empty() {
         "/".to_owned()
@@ -122,7 +122,8 @@ fn public_amqp(config: &ServeConfig) -> anyhow::Result<(String, String)> {
         .public_amqp_url
         .as_deref()
         .unwrap_or(&config.amqp_url);
-    let parsed = url::Url::parse(source).with_context(|| format!("bad AMQP URL {source:?}"))?;
+    let parsed = url::Url::parse(source)
+        .with_context(|| format!("bad AMQP URL {:?}", redact_url(source)))?;
     let scheme = parsed.scheme().to_owned();
     let host = parsed.host_str().context("the AMQP URL has no host")?;
     let port = parsed
@@ -131,14 +132,27 @@ fn public_amqp(config: &ServeConfig) -> anyhow::Result<(String, String)> {
     Ok((scheme, format!("{host}:{port}")))
 }
 
-/// Connects everything and starts serving; returns once the listener is bound.
+/// Connects everything and starts serving; returns once the listener is bound. An
+/// error never shows a password of the configured URLs (the caller prints it, and the
+/// service's output is its log), whoever wrote the message.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
+    let urls = [
+        config.database_url.clone(),
+        config.amqp_url.clone(),
+        config.amqp_admin_url.clone(),
+    ];
+    start_configured(config)
+        .await
+        .map_err(|error| anyhow::anyhow!("{}", scrub(format!("{error:#}"), &urls)))
+}
+
+async fn start_configured(config: ServeConfig) -> anyhow::Result<RunningService> {
     let store = Store::connect(&config.database_url)
         .await
         .with_context(|| {
             format!(
                 "cannot open the database {}",
-                redact_db(&config.database_url)
+                redact_url(&config.database_url)
             )
         })?;
     let broker_secret = store
@@ -210,14 +224,102 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
     })
 }
 
-/// A database URL without its password, for messages.
-fn redact_db(url: &str) -> String {
-    gantry_broker::amqp::redact(url)
+/// `url` with its password replaced by `***`, for messages; also when it does not
+/// parse, where everything between `://` and the authority's last `@` goes.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut parsed) = url::Url::parse(url) {
+        if parsed.password().is_some() && parsed.set_password(Some("***")).is_ok() {
+            return parsed.to_string();
+        }
+        return url.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains('@') {
+            "***".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// `message` with every configured URL, and every password in them, replaced: another
+/// crate's error may quote a URL whole, or its password alone.
+fn scrub(mut message: String, urls: &[String]) -> String {
+    for url in urls {
+        message = message.replace(url.as_str(), &redact_url(url));
+        let password = url
+            .split_once("://")
+            .map(|(_, rest)| &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
+            .and_then(|authority| authority.rsplit_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password)
+            .unwrap_or_default();
+        // Short ones would blank ordinary words; they are no secret anyway.
+        if password.len() >= 6 {
+            message = message.replace(password, "***");
+            let decoded = url::form_urlencoded::parse(format!("p={password}").as_bytes())
+                .next()
+                .map(|(_, p)| p.into_owned())
+                .unwrap_or_default();
+            if decoded.len() >= 6 {
+                message = message.replace(&decoded, "***");
+            }
+        }
+    }
+    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_in_messages() {
+        assert_eq!(
+            redact_url("amqp://gantry:s3cret-pw@broker:5672/v"),
+            "amqp://gantry:***@broker:5672/v"
+        );
+        // Unparseable (the port), yet still redacted.
+        assert_eq!(
+            redact_url("amqp://gantry:s3cret-pw@broker:99999999/v"),
+            "amqp://***@broker:99999999/v"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/gantry.db"),
+            "sqlite:///var/lib/gantry.db"
+        );
+        let error = vhost_of("amqp://gantry:s3cret-pw@broker:99999999/v").unwrap_err();
+        assert!(!format!("{error:#}").contains("s3cret"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn startup_errors_never_show_passwords() {
+        let dir = std::env::temp_dir().join(format!("gantry-start-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", dir.join("service.db").display()),
+            amqp_url: "amqp://gantry:amqp-s3cret@127.0.0.1:5672/%2f".into(),
+            // Not http(s): the management client refuses it, quoting the URL.
+            amqp_admin_url: "ftp://admin:admin-s3cret@127.0.0.1:15672".into(),
+            public_amqp_url: None,
+            max_body_bytes: 1024,
+            client_token_lifetime_s: 60,
+            start_retry_after: std::time::Duration::from_secs(60),
+        };
+        let error = match start(config).await {
+            Ok(_) => panic!("a management URL that is not http(s) must be refused"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(error.contains("ftp://admin:***@"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn vhosts_are_read_from_the_url_path() {

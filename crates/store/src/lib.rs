@@ -31,8 +31,8 @@ use uuid::Uuid;
 pub use endpoints::{EndpointRecord, EndpointRegistration, UepBinding, announces_stop};
 pub use identities::{EndpointClient, Identity, IdentityKind, Principal, TokenKind};
 pub use tasks::{
-    FunctionRecord, NewFunction, NewTask, StoredResult, SubmittedBatch, TaskRecord, TaskStatus,
-    error_details_of,
+    FunctionRecord, NewFunction, NewSubmit, NewTask, StoredResult, SubmittedBatch, TaskRecord,
+    TaskStatus, error_details_of,
 };
 
 /// What can go wrong with the store.

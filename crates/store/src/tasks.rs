@@ -86,6 +86,28 @@ pub struct NewTask {
     pub task_buffer: String,
 }
 
+/// A submit, checked and routed, as it is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSubmit<'a> {
+    /// Who submits.
+    pub owner: Uuid,
+    /// The task group the tasks join (made when new).
+    pub task_group_id: Uuid,
+    /// Where the tasks run (a UEP or a plain endpoint).
+    pub endpoint_id: Uuid,
+    /// The endpoint the user named (the MEP, for a UEP's tasks).
+    pub submitted_endpoint_id: Uuid,
+    /// The tasks, in submit order.
+    pub tasks: &'a [NewTask],
+    /// `resource_specification` of the submit.
+    pub resource_specification: Option<&'a Value>,
+    /// `result_serializers` of the submit.
+    pub result_serializers: Option<&'a Value>,
+    /// Whether the task group has a result queue (`create_queue`): from then on its
+    /// results, earlier tasks' included, are forwarded there.
+    pub result_queue: bool,
+}
+
 /// A submit after it was stored: what the service answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubmittedBatch {
@@ -134,6 +156,8 @@ pub struct TaskRecord {
     pub created_at: i64,
     /// When its result arrived (ms).
     pub completed_at: Option<i64>,
+    /// Whether its task group has a result queue, so its result is forwarded there.
+    pub result_queue: bool,
 }
 
 /// A finished task's outcome as it arrives from an endpoint.
@@ -174,6 +198,7 @@ fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
         task_statuses: parse_json(row.try_get("task_statuses")?, "task statuses")?,
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,
+        result_queue: row.try_get::<i64, _>("result_queue")? != 0,
     })
 }
 
@@ -262,17 +287,17 @@ impl Store {
     /// task with its message, all `waiting-for-ep`. The caller then puts the messages
     /// on the broker and calls [`Store::mark_enqueued`]; until then the messages stay
     /// here, so a crash in between loses nothing ([`Store::unsent_tasks`]).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn insert_submit(
-        &self,
-        owner: Uuid,
-        task_group_id: Uuid,
-        endpoint_id: Uuid,
-        submitted_endpoint_id: Uuid,
-        tasks: &[NewTask],
-        resource_specification: Option<&Value>,
-        result_serializers: Option<&Value>,
-    ) -> StoreResult<SubmittedBatch> {
+    pub async fn insert_submit(&self, submit: &NewSubmit<'_>) -> StoreResult<SubmittedBatch> {
+        let NewSubmit {
+            owner,
+            task_group_id,
+            endpoint_id,
+            submitted_endpoint_id,
+            tasks,
+            resource_specification,
+            result_serializers,
+            result_queue,
+        } = *submit;
         let request_id = Uuid::new_v4();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -299,15 +324,25 @@ impl Store {
                     "task group {task_group_id} not found"
                 )));
             }
+            if result_queue {
+                // The group has a queue now: the results of its earlier tasks go there too.
+                sqlx::query(
+                    "UPDATE tasks SET result_queue = 1 WHERE task_group_id = $1 AND result_queue = 0",
+                )
+                .bind(task_group_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let spec = resource_specification.map(Value::to_string);
         let serializers = result_serializers.map(Value::to_string);
+        let queue_flag = i64::from(result_queue);
         const COLUMNS: usize = 11;
         for (chunk_index, chunk) in tasks.chunks(INSERT_CHUNK).enumerate() {
             let mut sql = String::from(
                 "INSERT INTO tasks (task_id, seq, task_group_id, request_id, function_id, \
                    owner_identity_id, endpoint_id, submitted_endpoint_id, status, task_buffer, \
-                   resource_specification, result_serializers, created_at) VALUES ",
+                   resource_specification, result_serializers, created_at, result_queue) VALUES ",
             );
             for row in 0..chunk.len() {
                 let p = row * COLUMNS;
@@ -315,7 +350,7 @@ impl Store {
                     sql.push(',');
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'waiting-for-ep', ${}, ${}, ${}, {now})",
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'waiting-for-ep', ${}, ${}, ${}, {now}, {queue_flag})",
                     p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 9, p + 10, p + 11
                 ));
             }

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use gantry_store::{
-    EndpointRegistration, NewFunction, NewTask, Store, StoreError, StoredResult, TaskStatus,
-    UepBinding, error_details_of,
+    EndpointRegistration, NewFunction, NewSubmit, NewTask, Store, StoreError, StoredResult,
+    TaskStatus, UepBinding, error_details_of,
 };
 use serde_json::{Map, json};
 use uuid::Uuid;
@@ -308,30 +308,32 @@ async fn submits_results_and_failures_persist_across_reconnects() {
             .collect();
         let spec = json!({"num_nodes": 2});
         let batch = store
-            .insert_submit(
-                alice.identity_id,
-                group,
+            .insert_submit(&NewSubmit {
+                owner: alice.identity_id,
+                task_group_id: group,
                 endpoint_id,
-                endpoint_id,
-                &tasks,
-                Some(&spec),
-                None,
-            )
+                submitted_endpoint_id: endpoint_id,
+                tasks: &tasks,
+                resource_specification: Some(&spec),
+                result_serializers: None,
+                result_queue: true,
+            })
             .await
             .unwrap();
         assert!(batch.task_group_created);
         assert!(
             matches!(
                 store
-                    .insert_submit(
-                        bob.identity_id,
-                        group,
+                    .insert_submit(&NewSubmit {
+                        owner: bob.identity_id,
+                        task_group_id: group,
                         endpoint_id,
-                        endpoint_id,
-                        &tasks[..0],
-                        None,
-                        None
-                    )
+                        submitted_endpoint_id: endpoint_id,
+                        tasks: &tasks[..0],
+                        resource_specification: None,
+                        result_serializers: None,
+                        result_queue: true,
+                    })
                     .await,
                 Err(StoreError::NotFound(_))
             ),

@@ -12,7 +12,7 @@ use gantry_protocol::rest::{
     TaskGroupResponse, TaskGroupTask, TaskStatusResponse,
 };
 use gantry_protocol::uep_id::{derive_uep_id, python_major_minor};
-use gantry_store::{EndpointRecord, NewTask, TaskRecord, UepBinding};
+use gantry_store::{EndpointRecord, NewSubmit, NewTask, TaskRecord, UepBinding};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -160,15 +160,16 @@ pub async fn submit(
         .map(|s| Value::from(s.clone()));
     let batch = state
         .store
-        .insert_submit(
-            caller.identity_id(),
+        .insert_submit(&NewSubmit {
+            owner: caller.identity_id(),
             task_group_id,
-            route.target,
-            endpoint_id,
-            &new_tasks,
-            spec.as_ref(),
-            serializers.as_ref(),
-        )
+            endpoint_id: route.target,
+            submitted_endpoint_id: endpoint_id,
+            tasks: &new_tasks,
+            resource_specification: spec.as_ref(),
+            result_serializers: serializers.as_ref(),
+            result_queue: request.create_queue,
+        })
         .await?;
 
     // The tasks are stored; from here on a broker failure delays them (the outbox
@@ -193,6 +194,7 @@ pub async fn submit(
             task_statuses: None,
             created_at: 0,
             completed_at: None,
+            result_queue: request.create_queue,
         })
         .collect();
     // The tasks are safe in the database; a broker that is slow to confirm (a memory

@@ -46,6 +46,19 @@ fn lock_port_5000() -> File {
     file
 }
 
+/// Logs as the service does (its own layer, see `gantry_service::logging`) to the test's
+/// output, at `GANTRY_LOG` or `warn`; once per process, and not at all when the test
+/// installed its own subscriber first.
+pub fn install_test_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("GANTRY_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let layer =
+        gantry_service::logging::layer(Some(&spec), tracing_subscriber::fmt::TestWriter::new)
+            .expect("GANTRY_LOG parses");
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
 impl TestService {
     /// Starts a service; `sdk_port` makes it listen on 127.0.0.1:5000 where the SDK looks.
     pub async fn start(backend: Backend, sdk_port: bool) -> TestService {
@@ -58,13 +71,7 @@ impl TestService {
         sdk_port: bool,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> TestService {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        install_test_logging();
         gantry_testkit::require_service("RabbitMQ", &gantry_testkit::amqp_host());
         let database_url = match backend {
             Backend::Sqlite => {
