@@ -2,8 +2,8 @@
 //!
 //! Each frame is a 4-byte big-endian length and then that many bytes of JSON, one
 //! message, tagged by `"type"`. Before a peer has authenticated (see [`crate::auth`])
-//! frames may be at most [`limits::MAX_HANDSHAKE_FRAME`] bytes, afterwards
-//! [`limits::MAX_FRAME`]; a longer announced length ends the connection before anything
+//! frames may be at most [`crate::limits::MAX_HANDSHAKE_FRAME`] bytes, afterwards
+//! [`crate::limits::MAX_FRAME`]; a longer announced length ends the connection before anything
 //! is allocated for it.
 //!
 //! A connection goes:
@@ -16,7 +16,7 @@
 //! 4. pool → UEP `ready {workers, python, ...}` once its workers reported in, or
 //!    `failed {message}` if they cannot start (then it exits);
 //! 5. then `task` from the UEP, `started` / `result` / `lost` from the pool, `heartbeat`
-//!    both ways every [`limits::HEARTBEAT_PERIOD`], and finally `shutdown`.
+//!    both ways every [`crate::limits::HEARTBEAT_PERIOD`], and finally `shutdown`.
 
 use std::path::PathBuf;
 

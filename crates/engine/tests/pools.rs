@@ -578,3 +578,18 @@ async fn a_uep_killed_outright_takes_its_pools_and_workers_with_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn unusable_allowed_serializers_fail_tasks_saying_so() {
+    let message = first_task_fails_to_start(
+        json!({"type": "ThreadPoolEngine", "max_workers": 1, "worker_python": venv_python(),
+               "allowed_serializers": ["no.such.Strategy"]}),
+        None,
+    )
+    .await;
+    assert!(
+        message.contains("allowed_serializers cannot be used"),
+        "{message}"
+    );
+    assert!(message.contains("no.such.Strategy"), "{message}");
+}

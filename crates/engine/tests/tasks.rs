@@ -230,3 +230,29 @@ async fn globus_compute_engine_runs_lower_priority_numbers_first() {
     assert_eq!(order, vec![high, low]);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn allowed_serializers_refuse_other_strategies() {
+    let buffers = make_tasks(&[case("add", json!([1, 2]))]);
+    let mut engine = start(json!({
+        "type": "GlobusComputeEngine", "worker_python": venv_python(),
+        "allowed_serializers": ["globus_compute_sdk.serialize.DillCodeSource",
+                                "globus_compute_sdk.serialize.JSONData"],
+        "provider": {"type": "LocalProvider"},
+    }))
+    .await;
+    let id = engine.submit_all(&buffers)[0];
+    let result = engine.result(id).await;
+    assert_eq!(
+        code(&result),
+        codes::REMOTE_EXECUTION_ERROR,
+        "{}",
+        result.data
+    );
+    assert!(
+        result.data.contains("Code serializer DillCode disabled"),
+        "{}",
+        result.data
+    );
+    engine.shutdown().await;
+}
