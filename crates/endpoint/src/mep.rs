@@ -184,10 +184,9 @@ async fn register(
 pub async fn run(options: MepOptions) -> anyhow::Result<()> {
     let config = &options.config;
     if config.pam.enable {
-        anyhow::bail!(
-            "pam.enable is set, but this version of gantry-endpoint does not support PAM yet; \
-             remove it (privileges are dropped with no_new_privs instead)"
-        );
+        let service = &config.pam.service_name;
+        let file = gantry_spawner::pam::preflight(service)?;
+        tracing::info!(service, file = %file.display(), "PAM enabled for user endpoints");
     }
     let root = nix::unistd::geteuid().is_root();
     let my_user = nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -445,6 +444,9 @@ impl Mep {
             parent_config: Value::Object(config.raw.clone()),
             allowed_functions: config.allowed_functions.clone(),
             ep_info,
+            pam: config.pam.enable.then(|| gantry_spawner::PamSettings {
+                service_name: config.pam.service_name.clone(),
+            }),
         };
         let launcher = self.launcher.clone();
         let launched = tokio::task::spawn_blocking(move || launcher.launch(&request)).await;
@@ -522,6 +524,9 @@ impl Mep {
                 tracing::info!(%uep_id, user, uid, "identity mapped");
                 record.user = Some(user);
                 record.uid = Some(uid);
+            }
+            PipeEvent::Line(_, HelperEvent::Pam { message }) => {
+                tracing::info!(%uep_id, ?message, "PAM message");
             }
             PipeEvent::Line(_, HelperEvent::Exec) => {
                 record.phase = UepPhase::Running;

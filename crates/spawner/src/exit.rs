@@ -20,6 +20,9 @@ pub enum Step {
     RefusedAccount,
     /// The template or schema could not be read.
     ReadTemplate,
+    /// PAM (when enabled) refused the account, or could not establish its credentials
+    /// or open its session, or libpam or the service is missing.
+    Pam,
     /// Dropping privileges failed, or root could be regained afterwards.
     DropPrivileges,
     /// The template did not render, or the user's variables broke the schema.
@@ -32,13 +35,14 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 11] = [
         Step::Request,
         Step::IdentityMapping,
         Step::NoMapping,
         Step::NoAccount,
         Step::RefusedAccount,
         Step::ReadTemplate,
+        Step::Pam,
         Step::DropPrivileges,
         Step::Render,
         Step::Prepare,
@@ -59,6 +63,8 @@ impl Step {
             Step::Render => 87,
             Step::Prepare => 88,
             Step::Exec => 89,
+            // Added after the others, so it takes the next free code.
+            Step::Pam => 90,
         }
     }
 
@@ -78,6 +84,7 @@ impl Step {
                 "the local account your identity maps to may not run user endpoints"
             }
             Step::ReadTemplate => "the endpoint's user configuration template could not be read",
+            Step::Pam => "PAM stopped your user endpoint from starting",
             Step::DropPrivileges => "switching to your local account failed",
             Step::Render => {
                 "your user_endpoint_config was refused by the endpoint's template or schema"

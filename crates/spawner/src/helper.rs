@@ -18,6 +18,7 @@ use gantry_user_config::{MappedIdentity, RenderInputs, TemplateBundle};
 use serde_json::json;
 
 use crate::exit::Step;
+use crate::pam::{PamSession, PamSettings};
 use crate::request::{HelperEvent, IdentityRule, MAX_REQUEST_BYTES, SpawnRequest};
 use crate::sys;
 
@@ -135,15 +136,39 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
         _ => None,
     };
 
-    // Step 2–3: drop privileges for good. Without PAM, no exec may regain them.
+    // Step 2 (optional): PAM's account check, still as root, so a refused account
+    // stops before anything else happens for it.
+    let mut pam = match &request.pam {
+        Some(settings) => Some(pam_account(settings, &account, status)?),
+        None => None,
+    };
+
+    // Step 2–3: drop privileges for good. Groups first; then PAM's credentials and
+    // session (pam_setcred may add groups, which initgroups would wipe, and both still
+    // need root); then the uids.
     if root_mode {
-        sys::drop_to(&account.name, account.uid, account.gid)
+        sys::set_groups(&account.name, account.gid)
             .map_err(|e| fail(Step::DropPrivileges, format!("to {}: {e}", account.name)))?;
     }
+    let pam_environment = match pam.as_mut() {
+        Some(session) => pam_session(session, status)?,
+        None => Vec::new(),
+    };
+    if root_mode {
+        sys::set_uids(account.uid)
+            .map_err(|e| fail(Step::DropPrivileges, format!("to {}: {e}", account.name)))?;
+    }
+    // Whatever a PAM module left open (as root) closes at the exec.
+    sys::cloexec_from(3)
+        .map_err(|e| fail(Step::DropPrivileges, format!("marking descriptors: {e}")))?;
     sys::verify_dropped(account.uid, account.gid)
         .map_err(|e| fail(Step::DropPrivileges, e.to_string()))?;
-    sys::set_no_new_privs()
-        .map_err(|e| fail(Step::DropPrivileges, format!("no_new_privs: {e}")))?;
+    // Without PAM, no exec may regain privileges. With PAM the admin chose setuid
+    // programs (schedulers' submit commands) over that guarantee (SPEC §5).
+    if pam.is_none() {
+        sys::set_no_new_privs()
+            .map_err(|e| fail(Step::DropPrivileges, format!("no_new_privs: {e}")))?;
+    }
     sys::new_session().map_err(|e| fail(Step::DropPrivileges, format!("setsid: {e}")))?;
     sys::set_umask(0o077);
     // The death signal is cleared by the credential change, so set it now; then check
@@ -159,7 +184,7 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
 
     // Step 4: render as the user, in the UEP's environment (templates see it as
     // `_GC.env`, as with Globus).
-    let variables = environment_variables(request, &account);
+    let variables = environment_variables(request, &account, pam_environment);
     for (key, _) in std::env::vars_os() {
         // SAFETY: the helper is single-threaded; nothing reads the environment concurrently.
         unsafe { std::env::remove_var(key) };
@@ -205,7 +230,50 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
     sys::dup_onto(&log, 2).map_err(|e| fail(Step::Prepare, format!("stderr: {e}")))?;
     drop(log);
     drop(stdin);
-    exec(request, environment)
+    // `pam` stays alive through the exec: dropping it would end the PAM transaction.
+    // The exec replaces the process with the session still open; nobody closes it.
+    let result = exec(request, environment);
+    drop(pam);
+    result
+}
+
+/// Starts PAM for the account and runs its account stack (`pam_acct_mgmt`): an
+/// expired, locked or refused account fails here, with PAM's reason and messages.
+fn pam_account(
+    settings: &PamSettings,
+    account: &Account,
+    status: &mut Status,
+) -> Result<PamSession, Failure> {
+    let mut session = PamSession::start(&settings.service_name, &account.name)
+        .map_err(|e| fail(Step::Pam, e.to_string()))?;
+    let checked = session.acct_mgmt();
+    forward_pam_messages(&mut session, status);
+    checked.map_err(|e| fail(Step::Pam, e.to_string()))?;
+    Ok(session)
+}
+
+/// Establishes credentials and opens the session, then returns the environment PAM's
+/// modules set.
+fn pam_session(
+    session: &mut PamSession,
+    status: &mut Status,
+) -> Result<Vec<(String, String)>, Failure> {
+    let established = session.setcred();
+    forward_pam_messages(session, status);
+    established.map_err(|e| fail(Step::Pam, e.to_string()))?;
+    let opened = session.open_session();
+    forward_pam_messages(session, status);
+    opened.map_err(|e| fail(Step::Pam, e.to_string()))?;
+    session
+        .env_list()
+        .map_err(|e| fail(Step::Pam, e.to_string()))
+}
+
+/// Hands what PAM's modules said to the MEP, which logs it.
+fn forward_pam_messages(session: &mut PamSession, status: &mut Status) {
+    for message in session.take_messages() {
+        status.send(&HelperEvent::Pam { message });
+    }
 }
 
 fn map_identity(request: &SpawnRequest) -> Result<String, Failure> {
@@ -299,11 +367,13 @@ fn vet(request: &SpawnRequest, account: &Account, root_mode: bool) -> Result<(),
     Ok(())
 }
 
-/// The UEP's environment: a clean one with the account's defaults, then the admin's
-/// `user_environment.yaml`.
+/// The UEP's environment: a clean one with the account's defaults, then what PAM's
+/// modules set (pam_env and the like), then the admin's `user_environment.yaml`, which
+/// is specific to this endpoint and so has the last word.
 fn environment_variables(
     request: &SpawnRequest,
     account: &Account,
+    pam_environment: Vec<(String, String)>,
 ) -> std::collections::BTreeMap<String, String> {
     let mut vars: std::collections::BTreeMap<String, String> = [
         ("HOME", account.dir.display().to_string()),
@@ -316,6 +386,7 @@ fn environment_variables(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    vars.extend(pam_environment);
     for (key, value) in &request.user_environment {
         vars.insert(key.clone(), value.clone());
     }

@@ -9,7 +9,8 @@
 //! [`helper::run`]) as root and hands it a [`request::SpawnRequest`] on stdin. The
 //! helper runs SPEC §5's steps in order — close inherited descriptors, map the
 //! identity, look up and vet the account, read the template and schema while still
-//! root, drop privileges for good, render the template *as the user*, open the user's
+//! root, optionally run PAM's account and session stacks ([`pam`]), drop privileges
+//! for good, render the template *as the user*, open the user's
 //! log, exec the user endpoint (UEP) — and each failing step exits with its own code
 //! ([`exit::Step`]) after telling the MEP why on a status pipe, so the user's tasks
 //! fail with a message instead of waiting.
@@ -21,9 +22,11 @@
 pub mod exit;
 pub mod helper;
 pub mod launcher;
+pub mod pam;
 pub mod request;
 mod sys;
 
 pub use exit::Step;
 pub use launcher::{Launched, Launcher};
+pub use pam::PamSettings;
 pub use request::{HelperEvent, IdentityRule, SpawnRequest};

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::exit::Step;
+use crate::pam::{PamMessage, PamSettings};
 
 /// The most bytes of instructions the helper reads: a start command is small, and a
 /// bound keeps a confused MEP from making a root process allocate without limit.
@@ -62,6 +63,11 @@ pub struct SpawnRequest {
     pub allowed_functions: Option<Vec<Uuid>>,
     /// Facts the UEP reports (MEP id and name, user).
     pub ep_info: Map<String, Value>,
+    /// PAM (config.yaml's `pam.enable`): run the service's account and session stacks
+    /// for the user before the drop, and do not set no_new_privs (setuid schedulers
+    /// need it). `None`: no PAM, and no_new_privs is set.
+    #[serde(default)]
+    pub pam: Option<PamSettings>,
 }
 
 impl SpawnRequest {
@@ -88,6 +94,12 @@ pub enum HelperEvent {
         user: String,
         /// Its uid.
         uid: u32,
+    },
+    /// A PAM module said something through the conversation (information or an
+    /// error, such as "Your account has expired"); the MEP logs it.
+    Pam {
+        /// The message.
+        message: PamMessage,
     },
     /// All steps passed; the helper is about to exec the UEP. If the exec works the pipe
     /// closes with no further line (it is close-on-exec).

@@ -86,15 +86,52 @@ pub fn parent_pid() -> libc::pid_t {
     unsafe { libc::getppid() }
 }
 
-/// Sets all three gids, then the supplementary groups of `user`, then all three uids:
-/// the order matters, as a process that gave up its uid can no longer change groups.
-pub fn drop_to(user: &str, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+/// Sets all three gids, then the supplementary groups of `user`. The first half of the
+/// drop: it comes before the uids change (a process that gave up its uid can no longer
+/// change groups), and before PAM's `pam_setcred`, which may add groups that
+/// `initgroups` would otherwise wipe.
+pub fn set_groups(user: &str, gid: libc::gid_t) -> io::Result<()> {
     let name = CString::new(user).map_err(|_| io::Error::other("NUL in user name"))?;
     // SAFETY: plain syscalls on this process's credentials with valid arguments.
     unsafe {
         check(libc::setresgid(gid, gid, gid))?;
         check(libc::initgroups(name.as_ptr(), gid))?;
-        check(libc::setresuid(uid, uid, uid))?;
+    }
+    Ok(())
+}
+
+/// Sets all three uids: the second half of the drop, after which root is gone.
+pub fn set_uids(uid: libc::uid_t) -> io::Result<()> {
+    // SAFETY: a plain syscall on this process's credentials.
+    check(unsafe { libc::setresuid(uid, uid, uid) }).map(|_| ())
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so whatever a PAM module opened
+/// and left open (as root) does not reach the user's process, while the module can still
+/// use it until the exec.
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on this process's
+    // descriptors; it closes nothing.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11 lack the flag: mark what /proc/self/fd lists.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; EBADF for the listing's own (now
+        // closed) descriptor is harmless.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
 }
