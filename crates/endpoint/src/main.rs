@@ -129,7 +129,7 @@ fn main() -> ExitCode {
         }
         Command::RenderUserConfig { name, user_config, identity, user_runtime } => {
             gantry_endpoint::commands::render_user_config(&name, &user_config, identity.as_deref(), user_runtime.as_deref())
-                .map(|text| print!("{text}"))
+                .map(|text| println!("{}", text.trim_end()))
         }
         Command::Uep { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()

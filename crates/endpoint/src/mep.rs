@@ -137,6 +137,35 @@ fn become_subreaper() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a file that decides who runs what as whom (config, identity mapping,
+/// template, schema, environment) when someone other than the MEP's owner or root could
+/// change it: for a root MEP such a file is as good as root.
+fn check_admin_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        anyhow::bail!(
+            "{} belongs to uid {}, not to this endpoint's user or root; it decides which account users run as, so it must not",
+            path.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{} can be changed by other users (mode {:o}); run `chmod go-w {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 async fn register(
     client: &EndpointClient,
     options: &MepOptions,
@@ -204,6 +233,16 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
             "the user endpoint template {} does not exist",
             config.user_config_template_path.display()
         );
+    }
+    let mut admin_files = vec![
+        options.dir.config(),
+        mapping_path.clone(),
+        config.user_config_template_path.clone(),
+    ];
+    admin_files.extend(config.user_config_schema_path.clone());
+    admin_files.push(config.user_environment_path.clone());
+    for path in &admin_files {
+        check_admin_file(path)?;
     }
     become_subreaper()?;
     let client = EndpointClient::new(&config.service_url, options.credentials.clone())?;

@@ -139,12 +139,20 @@ fn write_mep(home: &Path) {
     .unwrap();
     write_mapping(&dir, &[]);
     let python = gantry_testkit::venv_python();
+    // ENGINE picks the engine; HB and IDLE let a test shorten heartbeats and idle time.
     std::fs::write(
         dir.join("user_config_template.yaml.j2"),
         format!(
-            "engine:\n  type: ThreadPoolEngine\n  max_workers: 2\n  worker_python: {}\n\
-             heartbeat_period: 5\nidle_heartbeats_soft: 60\n# account {{{{ ACCOUNT_ID }}}}\n",
-            python.display()
+            "{{% if ENGINE is defined and ENGINE == '\"gce\"' %}}\n\
+             engine:\n  type: GlobusComputeEngine\n  max_workers_per_node: 2\n\
+             \x20 max_retries_on_system_failure: 1\n  worker_python: {python}\n\
+             \x20 provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n\
+             {{% else %}}\n\
+             engine:\n  type: ThreadPoolEngine\n  max_workers: 2\n  worker_python: {python}\n\
+             {{% endif %}}\n\
+             heartbeat_period: {{{{ HB|default(5) }}}}\nidle_heartbeats_soft: {{{{ IDLE|default(60) }}}}\n\
+             # account {{{{ ACCOUNT_ID }}}}\n",
+            python = python.display()
         ),
     )
     .unwrap();
@@ -152,7 +160,12 @@ fn write_mep(home: &Path) {
         dir.join("user_config_schema.json"),
         json!({
             "type": "object",
-            "properties": {"ACCOUNT_ID": {"type": "string", "pattern": "^[0-9]{1,12}$"}},
+            "properties": {
+                "ACCOUNT_ID": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                "ENGINE": {"enum": ["thread", "gce"]},
+                "HB": {"type": "integer", "minimum": 1, "maximum": 30},
+                "IDLE": {"type": "integer", "minimum": 1, "maximum": 100}
+            },
             "required": ["ACCOUNT_ID"],
             "additionalProperties": false
         })
@@ -222,6 +235,17 @@ async fn start_mep(service: &TestService) -> Mep {
 
 /// Runs a scenario of `python/uep_client.py` as the SDK user `token`.
 async fn submit(scenario: &str, token: &str, mep: Uuid, config: Value) -> Value {
+    submit_with(scenario, token, mep, config, &[]).await
+}
+
+/// [`submit`] with extra environment for the scenario.
+async fn submit_with(
+    scenario: &str,
+    token: &str,
+    mep: Uuid,
+    config: Value,
+    env: &[(&str, String)],
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/uep_client.py");
     let mut command = Command::new(gantry_testkit::venv_python());
     command
@@ -237,6 +261,9 @@ async fn submit(scenario: &str, token: &str, mep: Uuid, config: Value) -> Value 
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
     let output = tokio::task::spawn_blocking(move || {
         let child = command.spawn().unwrap();
         let pid = child.id();
@@ -600,6 +627,219 @@ async fn killing_the_mep_leaves_no_user_process_and_mapping_edits_take_effect() 
         left.is_empty(),
         "2 s after kill -9 of the MEP, these live on: {left:?}"
     );
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
+
+/// The pids of `user`'s UEP processes (their titles name a UEP of this MEP).
+fn uep_pids(user: &str, mep: Uuid) -> Vec<i32> {
+    user_processes(user)
+        .iter()
+        .filter(|p| p.contains("Gantry Endpoint (") && p.contains(&format!("uep.{mep}.")))
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_1000_tasks_returns_1000_correct_results() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let mep = start_mep(&service).await;
+    let mep_id = mep.id().unwrap();
+    let out = submit_with(
+        "batch",
+        &alice,
+        mep_id,
+        json!({"ACCOUNT_ID": "10"}),
+        &[("BATCH_SIZE", "1000".into())],
+    )
+    .await;
+    assert_eq!(out["count"], 1000, "{out}\n{}", mep.log());
+    assert_eq!(out["wrong"], json!([]), "wrong results: {out}");
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
+
+/// Submits the sleeper, kills its worker with SIGKILL once it runs, and returns what the
+/// SDK got.
+async fn kill_worker_mid_task(token: &str, mep: Uuid, config: Value) -> Value {
+    let marker = gantry_testkit::fresh_temp_dir("sleeper").join("marker");
+    // The task runs as alice and writes next to the marker.
+    let dir = marker.parent().unwrap().to_owned();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let token = token.to_owned();
+    let marker_text = marker.display().to_string();
+    let task = tokio::spawn(async move {
+        submit_with("sleeper", &token, mep, config, &[("MARKER", marker_text)]).await
+    });
+    let pid_file = dir.join("marker.pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            break text.trim().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the sleeper never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    task.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_fails_the_task_or_is_retried() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let mep = start_mep(&service).await;
+    let mep_id = mep.id().unwrap();
+    // No retries (ThreadPoolEngine): a clear failure, not a hang.
+    let out = kill_worker_mid_task(&alice, mep_id, json!({"ACCOUNT_ID": "20"})).await;
+    let text = out["error"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("WorkerLost"),
+        "expected a worker-lost failure: {out}\n{}",
+        mep.log()
+    );
+    // One retry (GlobusComputeEngine, max_retries_on_system_failure: 1): it runs again.
+    let out =
+        kill_worker_mid_task(&alice, mep_id, json!({"ACCOUNT_ID": "21", "ENGINE": "gce"})).await;
+    assert_eq!(out["result"], "retried", "{out}\n{}", mep.log());
+    // The endpoint goes on: the next task runs.
+    let ok = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "20"})).await;
+    assert_eq!(ok["result"]["user"], ALICE, "{ok}");
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_uep_stops_by_itself_and_the_next_submit_starts_it_again() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let mep = start_mep(&service).await;
+    let mep_id = mep.id().unwrap();
+    let config = json!({"ACCOUNT_ID": "30", "HB": 1, "IDLE": 2});
+    let first = submit("probe", &alice, mep_id, config.clone()).await;
+    assert_eq!(first["result"]["user"], ALICE, "{first}\n{}", mep.log());
+    let before = uep_pids(ALICE, mep_id);
+    assert_eq!(before.len(), 1, "{:?}", user_processes(ALICE));
+    // Two idle heartbeats of 1 s after its task: it stops, with its pool and workers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !uep_pids(ALICE, mep_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle UEP did not stop: {:?}\n{}",
+            user_processes(ALICE),
+            mep.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = wait_no_user_processes(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "the idle UEP left processes: {left:?}");
+    // The next submit starts it again (a new process, the same UEP id).
+    let second = submit("probe", &alice, mep_id, config).await;
+    assert_eq!(second["result"]["user"], ALICE, "{second}\n{}", mep.log());
+    let after = uep_pids(ALICE, mep_id);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+    assert_eq!(service.store().ueps_of(mep_id).await.unwrap().len(), 1);
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
+
+fn workspace_file(path: &str) -> PathBuf {
+    gantry_testkit::workspace_root().join(path)
+}
+
+#[test]
+fn the_seed_examples_are_vendored_unchanged() {
+    // The seed's files, as the design gives them, sit beside the repository.
+    let shared = gantry_testkit::workspace_root().join("../shared/design/examples");
+    for name in [
+        "submit.py",
+        "user_config_template.yaml.j2",
+        "seed_script.py",
+    ] {
+        let ours = std::fs::read(workspace_file(&format!("examples/seed/{name}"))).unwrap();
+        let theirs = std::fs::read(shared.join(name)).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the seed's examples must sit beside the checkout)",
+                shared.join(name).display()
+            )
+        });
+        assert_eq!(ours, theirs, "examples/seed/{name} differs from the seed's");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_script_runs_unchanged_against_the_quickstart_template() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let mep = start_mep(&service).await;
+    let mep_id = mep.id().unwrap();
+    // The MEP now uses the quickstart's template and schema (the seed's template with
+    // LocalProvider); the workers find Python through PATH, as an admin would set it.
+    for name in ["user_config_template.yaml.j2", "user_config_schema.json"] {
+        std::fs::copy(
+            workspace_file(&format!("examples/quickstart/{name}")),
+            mep.dir().join(name),
+        )
+        .unwrap();
+    }
+    let venv_bin = gantry_testkit::venv_python().parent().unwrap().to_owned();
+    std::fs::write(
+        mep.dir().join("user_environment.yaml"),
+        format!(
+            "PATH: {}:/usr/local/bin:/usr/bin:/bin\n",
+            venv_bin.display()
+        ),
+    )
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(gantry_testkit::venv_python())
+            .arg(workspace_file("examples/seed/submit.py"))
+            .env("MEP_ID", mep_id.to_string())
+            .env("GANTRY_TOKEN", &alice)
+            .env(
+                "GLOBUS_COMPUTE_USER_DIR",
+                gantry_testkit::fresh_temp_dir("sdk-home"),
+            )
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the seed's script failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        mep.log()
+    );
+    // It prints (user, SLURM_JOB_ID) once per configuration.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| *l == "('gtest-alice', None)")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(service.store().ueps_of(mep_id).await.unwrap().len(), 2);
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
     cleanup_uep_dirs(mep_id);
     service.stop().await;
 }

@@ -54,6 +54,25 @@ def fails(x):
     raise ValueError(f"refused {x!r}")
 
 
+def add(a, b):
+    return a + b
+
+
+def sleeper(marker):
+    """Writes its worker's pid and sleeps, so the test can kill the worker; a retry finds
+    the marker and returns at once."""
+    import os
+    import time
+
+    if os.path.exists(marker + ".pid"):
+        return "retried"
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker + ".pid")
+    time.sleep(60)
+    return "slept"
+
+
 def main():
     gcc = GC.Client(
         local_compute_services=True,
@@ -67,8 +86,19 @@ def main():
     ex = GC.Executor(**kwargs)
     out = {}
     try:
+        if scenario == "batch":
+            n = int(os.environ.get("BATCH_SIZE", "1000"))
+            futures = [ex.submit(add, i, i) for i in range(n)]
+            results = [f.result(timeout=timeout) for f in futures]
+            out["wrong"] = [i for i, r in enumerate(results) if r != 2 * i]
+            out["count"] = len(results)
+            json.dump(out, sys.stdout)
+            sys.stdout.flush()
+            os._exit(0)
         if scenario == "probe":
             fut = ex.submit(probe)
+        elif scenario == "sleeper":
+            fut = ex.submit(sleeper, os.environ["MARKER"])
         elif scenario == "fails":
             fut = ex.submit(fails, "this")
         else:
