@@ -87,7 +87,10 @@ pub struct SubmitRequest {
     /// Whether to create the task group's result queue (the `Executor` always asks).
     #[serde(default)]
     pub create_queue: bool,
-    /// Payloads (packed args and kwargs) by function id, in submission order.
+    /// Payloads (packed args and kwargs) by function id, in submission order. A function
+    /// named twice (the same id in another letter case, or a repeated key) is refused:
+    /// one of the lists would otherwise be dropped without a word.
+    #[serde(deserialize_with = "unique_function_ids")]
     pub tasks: BTreeMap<Uuid, Vec<String>>,
     /// The task group to join; a new one is made when absent.
     #[serde(default)]
@@ -104,6 +107,46 @@ pub struct SubmitRequest {
     /// Import paths of the serializers the results should use.
     #[serde(default)]
     pub result_serializers: Option<Vec<String>>,
+}
+
+/// Reads `tasks`, refusing a function id that appears twice once parsed.
+fn unique_function_ids<'de, D>(deserializer: D) -> Result<BTreeMap<Uuid, Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<Uuid, Vec<String>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of function ids to lists of payloads")
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            let mut tasks = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let function_id = Uuid::parse_str(&key).map_err(|_| {
+                    let shown: String = key.chars().take(40).collect();
+                    serde::de::Error::custom(format_args!(
+                        "the function id {shown:?} in tasks is not a UUID"
+                    ))
+                })?;
+                let payloads: Vec<String> = map.next_value()?;
+                if tasks.insert(function_id, payloads).is_some() {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the function {function_id} appears more than once in tasks \
+                         (ids are compared whatever their letter case); send all its \
+                         payloads in one list"
+                    )));
+                }
+            }
+            Ok(tasks)
+        }
+    }
+    deserializer.deserialize_map(Visitor)
 }
 
 /// The answer to a submit: one task id per payload, in the same order.
@@ -328,6 +371,24 @@ mod tests {
         assert!(serde_json::from_value::<SubmitRequest>(bad).is_err());
         let bad = json!({"tasks": {"a99b0d5b-6a1b-4853-bdd8-3988fa201dd4": [1]}});
         assert!(serde_json::from_value::<SubmitRequest>(bad).is_err());
+    }
+
+    #[test]
+    fn a_function_named_twice_in_a_submit_is_refused() {
+        let twice = r#"{"tasks": {"A99B0D5B-6A1B-4853-BDD8-3988FA201DD4": ["1"],
+                                  "a99b0d5b-6a1b-4853-bdd8-3988fa201dd4": ["2"]}}"#;
+        let error = serde_json::from_str::<SubmitRequest>(twice).unwrap_err();
+        assert!(
+            error.to_string().contains("appears more than once"),
+            "{error}"
+        );
+        let repeated = r#"{"tasks": {"a99b0d5b-6a1b-4853-bdd8-3988fa201dd4": ["1"],
+                                     "a99b0d5b-6a1b-4853-bdd8-3988fa201dd4": ["2"]}}"#;
+        assert!(serde_json::from_str::<SubmitRequest>(repeated).is_err());
+        let two = r#"{"tasks": {"a99b0d5b-6a1b-4853-bdd8-3988fa201dd4": ["1"],
+                                "b99b0d5b-6a1b-4853-bdd8-3988fa201dd4": ["2", "3"]}}"#;
+        let submit: SubmitRequest = serde_json::from_str(two).unwrap();
+        assert_eq!(submit.tasks.values().map(Vec::len).sum::<usize>(), 3);
     }
 
     #[test]

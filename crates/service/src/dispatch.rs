@@ -292,7 +292,8 @@ const OUTBOX_BATCH: usize = 500;
 
 /// Re-sends the outbox every few seconds until the service stops: tasks stored while
 /// the broker was away, or before a crash, reach their endpoints once it is back, and
-/// failures the service decided reach their submitters.
+/// failures the service decided reach their submitters. Each pass also prunes expired
+/// tokens and asks MEPs again to start UEPs whose tasks wait.
 pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *shutdown.borrow() {
@@ -306,6 +307,11 @@ pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Recei
             Ok(failures) if !failures.is_empty() => forward_failures(&state, &failures).await,
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "outbox: cannot read unforwarded failures"),
+        }
+        match state.store.prune_expired_tokens().await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "outbox: pruned expired tokens"),
+            Err(error) => tracing::warn!(%error, "outbox: cannot prune expired tokens"),
         }
         if let Err(error) = crate::uep_start::resend_start_commands(&state).await {
             tracing::warn!(%error, "outbox: cannot ask MEPs again to start waiting UEPs");

@@ -58,6 +58,11 @@ impl Api {
         self.call(reqwest::Method::POST, path, Some(token), Some(body))
             .await
     }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(body))
+            .await
+    }
 }
 
 /// Asserts an error response: status, code, and a message in both text fields.
@@ -431,16 +436,18 @@ async fn users_see_only_their_own_things_and_clients_only_their_endpoints() {
         json!({"taskgroup_id": group, "tasks": [{"id": task}]})
     );
 
-    // Site B cannot take over, lock or delete site A's endpoint.
-    let (status, body) = api
-        .call(
+    // Site B cannot take over, lock or delete site A's (public) endpoint.
+    assert_error(
+        &api.call(
             reqwest::Method::PUT,
             &format!("/v3/endpoints/{ep}"),
             Some(&site_b),
             Some(json!({"endpoint_name": "mine"})),
         )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        .await,
+        StatusCode::FORBIDDEN,
+        "NOT_ENDPOINT_OWNER",
+    );
     assert_error(
         &api.call(
             reqwest::Method::POST,
@@ -921,4 +928,191 @@ async fn only_its_owner_deletes_a_function_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_its_owner_deletes_a_function_postgres() {
     only_its_owner_deletes_a_function(Backend::Postgres).await;
+}
+
+/// A function id sent twice in one submit (in another letter case, as JSON allows) is
+/// refused, and nothing is stored; before, one of the two payload lists vanished.
+async fn a_function_named_twice_in_a_submit_is_refused(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, site) = service.endpoint_client("site").await;
+    let api = Api::new(&service);
+    let endpoint = register_endpoint(&api, &site, false, true).await;
+    let endpoint: Uuid = endpoint["endpoint_id"].as_str().unwrap().parse().unwrap();
+    let alice = Rest::new(&service, &token);
+    let function = alice.register_function().await;
+    let group = Uuid::new_v4();
+    // A JSON object with two keys that name the same function.
+    let body = format!(
+        r#"{{"task_group_id": "{group}", "tasks": {{"{upper}": [{p}], "{lower}": [{p}, {p}]}}}}"#,
+        upper = function.to_string().to_uppercase(),
+        lower = function,
+        p = serde_json::to_string(&payload()).unwrap(),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v3/endpoints/{endpoint}/submit", service.url()))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let refused = (response.status(), response.json::<Value>().await.unwrap());
+    assert_error(&refused, StatusCode::BAD_REQUEST, "INVALID_BODY");
+    assert!(
+        refused.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("appears more than once"),
+        "{}",
+        refused.1
+    );
+    assert_eq!(service.store().task_group_owner(group).await.unwrap(), None);
+    assert_eq!(
+        service
+            .store()
+            .unfinished_task_count(endpoint)
+            .await
+            .unwrap(),
+        0
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_named_twice_in_a_submit_is_refused_sqlite() {
+    a_function_named_twice_in_a_submit_is_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_named_twice_in_a_submit_is_refused_postgres() {
+    a_function_named_twice_in_a_submit_is_refused(Backend::Postgres).await;
+}
+
+/// The token route issues tokens only for the scopes Gantry knows, a bounded number of
+/// them, and expired tokens leave the database.
+async fn token_scopes_are_checked_and_expired_tokens_pruned(backend: Backend) {
+    let service = TestService::start_with(backend, false, |config| {
+        config.client_token_lifetime_s = 1;
+    })
+    .await;
+    let (client, secret) = service.store().add_endpoint_client("site").await.unwrap();
+    let http = Client::new();
+    let grant = |scope: String| {
+        http.post(format!("{}/v2/oauth2/token", service.url()))
+            .basic_auth(client.client_id, Some(&secret))
+            .form(&[
+                ("grant_type", "client_credentials".to_owned()),
+                ("scope", scope),
+            ])
+            .send()
+    };
+    let compute = "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all";
+    for junk in [
+        "x".repeat(100_000),
+        format!("{compute} javascript:alert(1)"),
+        format!(
+            "{compute} https://auth.globus.org/scopes/{}/all",
+            Uuid::new_v4()
+        ),
+        vec!["openid"; 17].join(" "),
+    ] {
+        let response = grant(junk.clone()).await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["code"], "invalid_scope", "{body}");
+    }
+    assert_eq!(
+        service.store().token_count(client.client_id).await.unwrap(),
+        0
+    );
+
+    let response = grant(format!("{compute} openid {compute}")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let tokens: Value = response.json().await.unwrap();
+    assert_eq!(tokens["scope"], compute, "asked twice, stored once");
+    assert_eq!(
+        service.store().token_count(client.client_id).await.unwrap(),
+        2
+    );
+
+    // A second later they have expired, and the outbox's next pass prunes them.
+    common::wait_until("the expired tokens are pruned", || async {
+        service.store().token_count(client.client_id).await.unwrap() == 0
+    })
+    .await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_error(
+        &Api::new(&service).get("/v2/endpoints", access).await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_scopes_are_checked_and_expired_tokens_pruned_sqlite() {
+    token_scopes_are_checked_and_expired_tokens_pruned(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_scopes_are_checked_and_expired_tokens_pruned_postgres() {
+    token_scopes_are_checked_and_expired_tokens_pruned(Backend::Postgres).await;
+}
+
+/// Registering (PUT, or POST with an id) over another client's endpoint answers as a
+/// GET does: 404 for a private one, which must not be confirmed to exist; 403 for one
+/// the caller can see anyway. Nothing changes.
+async fn registering_over_another_clients_endpoint_answers_as_a_get(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let (_, site_a) = service.endpoint_client("site-a").await;
+    let (_, site_b) = service.endpoint_client("site-b").await;
+    let api = Api::new(&service);
+    let private = register_endpoint(&api, &site_a, false, false).await;
+    let private = private["endpoint_id"].as_str().unwrap().to_owned();
+    let public = register_endpoint(&api, &site_a, false, true).await;
+    let public = public["endpoint_id"].as_str().unwrap().to_owned();
+    let mine = json!({"endpoint_name": "mine", "multi_user": false});
+    let get = api.get(&format!("/v2/endpoints/{private}"), &site_b).await;
+    assert_error(&get, StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND");
+    let put = api
+        .put(&format!("/v3/endpoints/{private}"), &site_b, mine.clone())
+        .await;
+    assert_error(&put, StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND");
+    let mut post = mine.clone();
+    post["endpoint_id"] = json!(private);
+    assert_error(
+        &api.post("/v3/endpoints", &site_b, post).await,
+        StatusCode::NOT_FOUND,
+        "ENDPOINT_NOT_FOUND",
+    );
+    // An id nobody holds is free to register.
+    let free = Uuid::new_v4();
+    let (status, body) = api
+        .put(&format!("/v3/endpoints/{free}"), &site_b, mine.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // One the caller can see is another client's.
+    assert_error(
+        &api.put(&format!("/v3/endpoints/{public}"), &site_b, mine)
+            .await,
+        StatusCode::FORBIDDEN,
+        "NOT_ENDPOINT_OWNER",
+    );
+    for id in [&private, &public] {
+        let (_, view) = api.get(&format!("/v2/endpoints/{id}"), &site_a).await;
+        assert_eq!(view["name"], "ep", "site A's endpoint is unchanged: {view}");
+    }
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_over_another_clients_endpoint_answers_as_a_get_sqlite() {
+    registering_over_another_clients_endpoint_answers_as_a_get(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_over_another_clients_endpoint_answers_as_a_get_postgres() {
+    registering_over_another_clients_endpoint_answers_as_a_get(Backend::Postgres).await;
 }

@@ -269,6 +269,29 @@ impl Store {
         }))
     }
 
+    /// Deletes every token that expired before now (revoked ones without an expiry
+    /// stay, as a record); returns how many went. Client tokens expire, and every
+    /// client-credentials grant makes new ones, so without this the table only grows.
+    pub async fn prune_expired_tokens(&self) -> StoreResult<u64> {
+        let done =
+            sqlx::query("DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= $1")
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// How many tokens of an identity are on record, expired and revoked ones included:
+    /// what [`Store::prune_expired_tokens`] keeps bounded.
+    pub async fn token_count(&self, identity_id: Uuid) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE identity_id = $1")
+                .bind(identity_id.to_string())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Creates an endpoint client; the secret is returned once, never stored.
     pub async fn add_endpoint_client(&self, name: &str) -> StoreResult<(EndpointClient, String)> {
         let mut tx = self.begin_write().await?;

@@ -95,9 +95,16 @@ async fn register(
         allowed_functions: request.allowed_functions,
         metadata: request.metadata.unwrap_or_default(),
     };
-    if let Some(existing) = state.store.endpoint(endpoint_id).await?
+    let existing = state.store.endpoint(endpoint_id).await?;
+    if let Some(existing) = &existing
+        && !can_manage_endpoint(caller, existing)
+    {
+        // As for a GET: an id the caller may not see is not found (a conflict would
+        // confirm that it exists); one it may see belongs to another client.
+        return Err(not_yours(caller, existing));
+    }
+    if let Some(existing) = &existing
         && existing.multi_user != registration.multi_user
-        && existing.owner_identity_id == caller.identity_id()
     {
         return Err(ApiError::conflict(
             "ENDPOINT_KIND_CHANGED",
@@ -114,10 +121,8 @@ async fn register(
         .register_endpoint(endpoint_id, caller.identity_id(), &registration)
         .await
         .map_err(|e| match e {
-            gantry_store::StoreError::Conflict(_) => ApiError::conflict(
-                "ENDPOINT_OWNED_ELSEWHERE",
-                format!("endpoint {endpoint_id} belongs to another client"),
-            ),
+            // Registered by another client since the check above.
+            gantry_store::StoreError::Conflict(_) => not_found(endpoint_id),
             other => other.into(),
         })?;
     let response = provision_endpoint(state, stored.endpoint_id, stored.multi_user).await?;
@@ -279,16 +284,25 @@ async fn managed_endpoint(
         .await?
         .ok_or_else(|| not_found(endpoint_id))?;
     if !can_manage_endpoint(caller, &endpoint) {
-        return Err(if can_use_endpoint(caller, &endpoint) {
-            ApiError::forbidden(
-                "NOT_ENDPOINT_OWNER",
-                format!("only the client that registered endpoint {endpoint_id} may change it"),
-            )
-        } else {
-            not_found(endpoint_id)
-        });
+        return Err(not_yours(caller, &endpoint));
     }
     Ok(endpoint)
+}
+
+/// The refusal of a change to an endpoint the caller did not register: 403 when the
+/// caller may see it anyway (a GET shows it), otherwise the 404 of an unknown id.
+fn not_yours(caller: &Caller, endpoint: &EndpointRecord) -> ApiError {
+    if can_use_endpoint(caller, endpoint) {
+        ApiError::forbidden(
+            "NOT_ENDPOINT_OWNER",
+            format!(
+                "only the client that registered endpoint {} may change it",
+                endpoint.endpoint_id
+            ),
+        )
+    } else {
+        not_found(endpoint.endpoint_id)
+    }
 }
 
 /// `POST /v3/endpoints/{id}/lock`: the endpoint takes no new tasks.

@@ -110,9 +110,10 @@ pub async fn token(
     // Group the requested scopes by resource server; one token each.
     let requested = request.scope.unwrap_or_default();
     let mut groups: Vec<(&'static str, Vec<&str>)> = Vec::new();
-    for scope in requested.split_whitespace() {
+    for scope in checked_scopes(&requested)? {
         let server = resource_server_of(scope);
         match groups.iter_mut().find(|(s, _)| *s == server) {
+            Some((_, scopes)) if scopes.contains(&scope) => {}
             Some((_, scopes)) => scopes.push(scope),
             None => groups.push((server, vec![scope])),
         }
@@ -140,6 +141,56 @@ pub async fn token(
     first["other_tokens"] = Value::from(tokens);
     tracing::info!(client = %client.name, "issued client-credentials tokens");
     Ok(Json(first))
+}
+
+/// The most scopes one token request may name.
+const MAX_SCOPES: usize = 16;
+
+/// The scopes of a token request, each one Gantry issues tokens for: the compute API's
+/// (`https://auth.globus.org/scopes/<compute client id>/<name>`) and the auth API's
+/// (`openid`, `email`, `profile`, `urn:globus:auth:scope:auth.globus.org:<name>`).
+/// Anything else is refused with OAuth's `invalid_scope`, as Globus Auth does, rather
+/// than stored with the token.
+fn checked_scopes(requested: &str) -> ApiResult<Vec<&str>> {
+    let scopes: Vec<&str> = requested.split_whitespace().collect();
+    if scopes.len() > MAX_SCOPES {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            &format!(
+                "{} scopes requested; ask for at most {MAX_SCOPES}",
+                scopes.len()
+            ),
+        ));
+    }
+    let is_name = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    let compute_prefix = format!("https://auth.globus.org/scopes/{COMPUTE_SCOPE_CLIENT_ID}/");
+    for scope in &scopes {
+        let known = matches!(*scope, "openid" | "email" | "profile")
+            || scope.strip_prefix(&compute_prefix).is_some_and(is_name)
+            || scope
+                .strip_prefix("urn:globus:auth:scope:auth.globus.org:")
+                .is_some_and(is_name);
+        if !known {
+            let shown: String = scope.chars().take(80).collect();
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                &format!(
+                    "this service issues no tokens for the scope {shown:?}; ask for \
+                     {compute_prefix}all (the compute API) and openid or \
+                     urn:globus:auth:scope:auth.globus.org:manage_projects (the auth API)"
+                ),
+            ));
+        }
+    }
+    Ok(scopes)
 }
 
 /// The identity document of a caller, as `userinfo` and identity lookups show it.
