@@ -3,6 +3,7 @@
 //! user sees why). A delivery is acknowledged only after its effect is in the database,
 //! so a crash means a redelivery, never a lost result.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -11,6 +12,7 @@ use gantry_broker::lapin::options::BasicAckOptions;
 use gantry_broker::layout::{HEARTBEATS_QUEUE, RESULTS_QUEUE, sender_of, task_queue};
 use gantry_protocol::messagepack::{Message, TaskState, UnpackError};
 use gantry_store::{StoredResult, announces_stop};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::dispatch::{forward_failures, forward_result};
@@ -38,24 +40,39 @@ const HEARTBEAT_ATTEMPTS: u32 = 6;
 /// Results are independent (one per task), so their order does not matter.
 const RESULTS_IN_FLIGHT: usize = 32;
 
+/// How many heartbeats are handled at once: those of one sender in order (each
+/// overwrites its endpoint's state), those of different senders side by side, so that
+/// one endpoint's large or slow heartbeat does not hold back everyone else's status.
+const HEARTBEATS_IN_FLIGHT: usize = 8;
+
+/// How many deliveries the broker hands each consumer ahead of time. Heartbeats get
+/// fewer: each may be up to [`MAX_HEARTBEAT_BYTES`].
+const RESULTS_PREFETCH: u16 = 100;
+const HEARTBEATS_PREFETCH: u16 = 16;
+
+/// The largest heartbeat read, in bytes. A heartbeat carries the endpoint's state and
+/// the transitions of the tasks that moved since the last one (about 120 bytes each, so
+/// this allows some 35,000); a larger one is dropped unread, with a warning.
+pub const MAX_HEARTBEAT_BYTES: usize = 4 * 1024 * 1024;
+
 /// Consumes `queue` until shutdown, reconnecting after broker failures. Results are
-/// handled concurrently (up to [`RESULTS_IN_FLIGHT`]); heartbeats one at a time, in
-/// order, since each overwrites its endpoint's state.
+/// handled concurrently (up to [`RESULTS_IN_FLIGHT`]); heartbeats up to
+/// [`HEARTBEATS_IN_FLIGHT`] at once, but each sender's one at a time, in order.
 pub async fn run_consumer(
     state: AppState,
     queue: &'static str,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let limit = if queue == RESULTS_QUEUE {
-        RESULTS_IN_FLIGHT
+    let (limit, prefetch) = if queue == RESULTS_QUEUE {
+        (RESULTS_IN_FLIGHT, RESULTS_PREFETCH)
     } else {
-        1
+        (HEARTBEATS_IN_FLIGHT, HEARTBEATS_PREFETCH)
     };
     loop {
         let consumer = match state.broker().await {
             Ok(broker) => {
                 broker
-                    .consume(queue, &format!("gantry-service-{queue}"), 100)
+                    .consume(queue, &format!("gantry-service-{queue}"), prefetch)
                     .await
             }
             Err(e) => Err(e),
@@ -63,6 +80,7 @@ pub async fn run_consumer(
         match consumer {
             Ok(mut consumer) => {
                 let mut in_flight = tokio::task::JoinSet::new();
+                let mut in_order = SenderOrder::default();
                 let stop = loop {
                     if in_flight.len() >= limit {
                         if !settled_cleanly(queue, in_flight.join_next().await) {
@@ -84,12 +102,16 @@ pub async fn run_consumer(
                         tracing::warn!(queue, "the consumer stopped; reconnecting");
                         break false;
                     };
-                    in_flight.spawn(handle_and_settle(
-                        state.clone(),
-                        queue,
-                        delivery,
-                        shutdown.clone(),
-                    ));
+                    let turn = (queue == HEARTBEATS_QUEUE)
+                        .then(|| in_order.next_turn(delivery.routing_key.as_str()));
+                    let handling =
+                        handle_and_settle(state.clone(), queue, delivery, shutdown.clone());
+                    in_flight.spawn(async move {
+                        match turn {
+                            Some(turn) => turn.run(handling).await,
+                            None => handling.await,
+                        }
+                    });
                 };
                 // Let what is in hand finish: its effects are in the database, and an
                 // unsettled delivery would only be redelivered.
@@ -106,6 +128,49 @@ pub async fn run_consumer(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Keeps the deliveries of each sender (routing key) in order while different senders'
+/// run side by side: each delivery waits for the one before it from the same sender.
+#[derive(Default)]
+struct SenderOrder {
+    /// The signal the latest delivery of each sender gives when it is done.
+    latest: HashMap<String, oneshot::Receiver<()>>,
+}
+
+/// A delivery's place in its sender's line.
+struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+}
+
+impl SenderOrder {
+    /// The turn of the next delivery from `sender`.
+    fn next_turn(&mut self, sender: &str) -> Turn {
+        if self.latest.len() >= 1024 {
+            // Forget senders with nothing in flight (done, or their handler is gone).
+            self.latest.retain(|_, done| {
+                matches!(done.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            });
+        }
+        let (done, signal) = oneshot::channel();
+        Turn {
+            after: self.latest.insert(sender.to_owned(), signal),
+            done,
+        }
+    }
+}
+
+impl Turn {
+    /// Runs `work` once the sender's previous delivery is done (or its handler died).
+    async fn run<T>(self, work: impl std::future::Future<Output = T>) -> T {
+        if let Some(previous) = self.after {
+            let _ = previous.await;
+        }
+        let outcome = work.await;
+        let _ = self.done.send(());
+        outcome
     }
 }
 
@@ -252,6 +317,15 @@ async fn handle_heartbeat(state: &AppState, delivery: &Delivery) -> Outcome {
         tracing::warn!(routing_key = %delivery.routing_key, "dropping a heartbeat with a malformed routing key");
         return Outcome::Ack;
     };
+    if delivery.data.len() > MAX_HEARTBEAT_BYTES {
+        tracing::warn!(
+            endpoint_id = %sender,
+            bytes = delivery.data.len(),
+            limit = MAX_HEARTBEAT_BYTES,
+            "dropping an oversized heartbeat unread"
+        );
+        return Outcome::Ack;
+    }
     let report = match Message::unpack(&delivery.data) {
         Ok(Message::EpStatusReport(report)) => report,
         Ok(other) => {

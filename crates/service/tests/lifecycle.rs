@@ -243,7 +243,8 @@ async fn a_task_shows_running_once_its_endpoint_reports_its_start(backend: Backe
             .await
             .unwrap()
             .unwrap();
-        ep.global_state.is_some_and(|s| s["marker"] == 1)
+        ep.global_state
+            .is_some_and(|s| s.get("marker") == Some(&json!(1)))
     })
     .await;
     assert_eq!(
@@ -272,4 +273,103 @@ async fn a_task_shows_running_once_its_endpoint_reports_its_start_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_shows_running_once_its_endpoint_reports_its_start_postgres() {
     a_task_shows_running_once_its_endpoint_reports_its_start(Backend::Postgres).await;
+}
+
+/// A heartbeat may name thousands of tasks that started: all are marked running. One
+/// larger than the service reads (`MAX_HEARTBEAT_BYTES`) is dropped unread: its
+/// transitions change nothing, and the endpoint's next heartbeat is read as usual.
+async fn heartbeats_are_bounded_and_their_task_statuses_applied(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let alice = Rest::new(&service, &token);
+    let function = alice.register_function().await;
+    let payload = gantry_protocol::packed::pack_buffers(&["00\na\n", "00\nk\n"]);
+    let (status, submitted) = alice
+        .post(
+            &format!("/v3/endpoints/{}/submit", registered.endpoint_id),
+            json!({"tasks": {function.to_string(): vec![payload; 2001]}}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{submitted}");
+    let mut tasks: Vec<String> = submitted["tasks"][function.to_string()]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    let spared = tasks.pop().unwrap();
+    let started = |ids: &[String]| {
+        let transition =
+            json!([{"timestamp": now_ns(), "state": "execution-start", "actor": "worker"}]);
+        serde_json::Value::Object(
+            ids.iter()
+                .map(|id| (id.clone(), transition.clone()))
+                .collect(),
+        )
+    };
+    let statuses = || async {
+        let mut ids = tasks.clone();
+        ids.push(spared.clone());
+        let (_, batch) = alice
+            .post("/v2/batch_status", json!({"task_ids": ids}))
+            .await;
+        batch["results"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, view)| (id.clone(), view["status"].as_str().unwrap().to_owned()))
+            .collect::<std::collections::BTreeMap<String, String>>()
+    };
+    let creds = gantry_test_endpoint::creds_of(&registered).unwrap();
+
+    publish_heartbeat(&creds, json!({"heartbeat_period": 30}), started(&tasks)).await;
+    wait_until("2,000 tasks show running", || async {
+        statuses()
+            .await
+            .values()
+            .filter(|s| *s == "running")
+            .count()
+            == tasks.len()
+    })
+    .await;
+
+    // Over the limit: dropped unread, though it names the spared task.
+    let filler = "x".repeat(gantry_service::consumers::MAX_HEARTBEAT_BYTES);
+    publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 30, "filler": filler}),
+        started(std::slice::from_ref(&spared)),
+    )
+    .await;
+    publish_heartbeat(
+        &creds,
+        json!({"heartbeat_period": 30, "after": true}),
+        json!({}),
+    )
+    .await;
+    wait_until("the next heartbeat is read", || async {
+        let ep = service
+            .store()
+            .endpoint(registered.endpoint_id)
+            .await
+            .unwrap()
+            .unwrap();
+        ep.global_state
+            .is_some_and(|s| s.get("after") == Some(&json!(true)))
+    })
+    .await;
+    let (_, view) = alice.get(&format!("/v2/tasks/{spared}")).await;
+    assert_eq!(view["status"], "waiting-for-ep", "{view}");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_bounded_and_their_task_statuses_applied_sqlite() {
+    heartbeats_are_bounded_and_their_task_statuses_applied(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_bounded_and_their_task_statuses_applied_postgres() {
+    heartbeats_are_bounded_and_their_task_statuses_applied(Backend::Postgres).await;
 }

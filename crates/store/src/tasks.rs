@@ -525,18 +525,24 @@ impl Store {
         .await?)
     }
 
-    /// Marks tasks an endpoint reported running.
+    /// Marks tasks an endpoint reported running (those of `task_ids` that run there and
+    /// still wait), a few hundred per statement in one transaction: a heartbeat may name
+    /// thousands.
     pub async fn mark_running(&self, endpoint_id: Uuid, task_ids: &[Uuid]) -> StoreResult<()> {
-        for task_id in task_ids {
-            sqlx::query(
-                "UPDATE tasks SET status = 'running' WHERE task_id = $1 AND endpoint_id = $2 \
-                   AND status = 'waiting-for-ep'",
-            )
-            .bind(task_id.to_string())
-            .bind(endpoint_id.to_string())
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin_write().await?;
+        for chunk in task_ids.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "UPDATE tasks SET status = 'running' WHERE endpoint_id = $1 \
+                   AND status = 'waiting-for-ep' AND task_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(endpoint_id.to_string());
+            for task_id in chunk {
+                query = query.bind(task_id.to_string());
+            }
+            query.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

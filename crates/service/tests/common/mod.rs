@@ -458,7 +458,7 @@ pub async fn wait_for_active(service: &TestService, uep_id: uuid::Uuid, active: 
     wait_until("the service has the UEP's heartbeat", || async {
         let uep = service.store().endpoint(uep_id).await.unwrap().unwrap();
         uep.global_state
-            .is_some_and(|s| s["active"] == serde_json::json!(active))
+            .is_some_and(|s| s.get("active") == Some(&serde_json::json!(active)))
     })
     .await;
 }
