@@ -405,7 +405,7 @@ pub async fn serve(
                     };
                     activity.moved = true;
                     match accept(&delivery, &allowed) {
-                        Ok(task) => {
+                        Accepted::Task(task) => {
                             if let Err(e) = engine.submit(task) {
                                 tracing::error!(error = %e, "the engine refused a task; it stays on the queue");
                                 break;
@@ -413,10 +413,11 @@ pub async fn serve(
                             activity.outstanding += 1;
                             activity.any_task = true;
                         }
-                        Err(result) => {
+                        Accepted::Refused(result) => {
                             let task_id = result.task_id;
-                            results.keep(task_id, Message::Result(result).pack())?;
+                            results.keep(task_id, Message::Result(*result).pack())?;
                         }
+                        Accepted::Junk => {}
                     }
                     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                         tracing::warn!(error = %e, "ack failed; reconnecting");
@@ -581,8 +582,18 @@ fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
     }
 }
 
+/// What became of a delivery from the task queue.
+enum Accepted {
+    /// A task for the engine.
+    Task(EngineTask),
+    /// A task this endpoint refuses, with the result that says why.
+    Refused(Box<TaskResult>),
+    /// Not a task at all: acknowledged and dropped, with a warning.
+    Junk,
+}
+
 /// Turns a delivery into a task for the engine, or into the result that refuses it.
-fn accept(delivery: &Delivery, allowed: &Option<HashSet<Uuid>>) -> Result<EngineTask, TaskResult> {
+fn accept(delivery: &Delivery, allowed: &Option<HashSet<Uuid>>) -> Accepted {
     let task = match Message::unpack(&delivery.data) {
         Ok(Message::Task(task)) => task,
         Ok(other) => {
@@ -590,11 +601,11 @@ fn accept(delivery: &Delivery, allowed: &Option<HashSet<Uuid>>) -> Result<Engine
                 kind = other.message_type(),
                 "not a task on the task queue; dropped"
             );
-            return Err(refusal(Uuid::nil(), "BAD_MESSAGE", "not a task"));
+            return Accepted::Junk;
         }
         Err(e) => {
             tracing::warn!(error = %e, "undecodable message on the task queue; dropped");
-            return Err(refusal(Uuid::nil(), "BAD_MESSAGE", "undecodable task"));
+            return Accepted::Junk;
         }
     };
     let function = header_str(delivery, "function_uuid").and_then(|s| Uuid::parse_str(&s).ok());
@@ -604,17 +615,17 @@ fn accept(delivery: &Delivery, allowed: &Option<HashSet<Uuid>>) -> Result<Engine
         let shown = function
             .map(|f| f.to_string())
             .unwrap_or_else(|| "(none)".into());
-        return Err(refusal(
+        return Accepted::Refused(Box::new(refusal(
             task.task_id,
             "FUNCTION_NOT_ALLOWED",
             &format!(
                 "Function {shown} is not allowed on this endpoint; ask its administrator to add it to allowed_functions"
             ),
-        ));
+        )));
     }
     let resource_specification =
         header_str(delivery, "resource_specification").and_then(|s| serde_json::from_str(&s).ok());
-    Ok(EngineTask {
+    Accepted::Task(EngineTask {
         task_id: task.task_id,
         task_buffer: task.task_buffer,
         resource_specification,
