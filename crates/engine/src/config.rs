@@ -191,7 +191,9 @@ impl Default for ScalingConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineConfig {
     /// `ThreadPoolEngine`: one local pool whose single Python worker runs up to
-    /// `max_workers` tasks at once in threads.
+    /// `max_workers` tasks at once in threads. Tasks running at once share that process:
+    /// its working directory and environment (`GC_TASK_UUID`) as in Globus Compute, and
+    /// a task past `GC_TASK_TIMEOUT` stops the whole worker, losing the others with it.
     ThreadPool {
         /// `label`, for logs.
         label: String,
