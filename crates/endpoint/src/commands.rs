@@ -250,6 +250,14 @@ pub fn stop(name: &str) -> anyhow::Result<()> {
         println!("endpoint {name} is not running");
         return Ok(());
     };
+    // A running MEP holds a lock on its daemon.pid; without that lock the pid in it is
+    // stale and may belong to anyone by now.
+    if let Ok(file) = std::fs::File::open(dir.pidfile())
+        && file.try_lock().is_ok()
+    {
+        println!("endpoint {name} is not running (its daemon.pid is stale)");
+        return Ok(());
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -354,15 +362,18 @@ pub fn list() -> anyhow::Result<String> {
                         dir.saved_id().unwrap_or_default(),
                         row.uep_id
                     ));
-                    std::fs::read(path.join("status.json")).ok()
+                    read_user_status(&path.join("status.json"), u.uid.as_raw())
                 })
-                .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null);
-            let state = status["state"]
+            // The user writes status.json: no control characters reach the terminal.
+            let state: String = status["state"]
                 .as_str()
                 .filter(|s| !s.is_empty())
                 .unwrap_or(&row.phase)
-                .to_owned();
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(40)
+                .collect();
             let outstanding = status["outstanding"]
                 .as_u64()
                 .map(|n| n.to_string())
@@ -380,6 +391,25 @@ pub fn list() -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Reads a UEP's `status.json`, which its user controls, as root would safely: no
+/// symlinks, no FIFOs or devices, owned by that user, at most 64 KiB.
+fn read_user_status(path: &std::path::Path, uid: u32) -> Option<Value> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != uid {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(64 * 1024).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// `render-user-config NAME --user-config JSON [--identity USERNAME]`: renders the
@@ -441,8 +471,8 @@ pub fn render_user_config(
     };
     let bundle = TemplateBundle::read(&config.user_config_template_path)?;
     let schema = match &config.user_config_schema_path {
-        Some(path) if path.exists() => Some(gantry_user_config::read_schema(path)?),
-        _ => None,
+        Some(path) => Some(gantry_user_config::read_schema(path)?),
+        None => None,
     };
     let rendered = gantry_user_config::render(
         &bundle,

@@ -291,9 +291,11 @@ impl EndpointConfig {
             user_config_template_path: r
                 .path("user_config_template_path")?
                 .unwrap_or_else(|| dir.join("user_config_template.yaml.j2")),
+            // A schema named in config.yaml must exist (a missing one would leave users'
+            // variables unchecked); the default one is used when it is there.
             user_config_schema_path: r
                 .path("user_config_schema_path")?
-                .or_else(|| Some(dir.join("user_config_schema.json"))),
+                .or_else(|| Some(dir.join("user_config_schema.json")).filter(|p| p.exists())),
             user_environment_path: r
                 .path("user_environment_path")?
                 .unwrap_or_else(|| dir.join("user_environment.yaml")),

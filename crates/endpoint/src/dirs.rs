@@ -16,8 +16,14 @@ pub fn gantry_home() -> PathBuf {
     if let Some(dir) = std::env::var_os("GANTRY_HOME") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
+    // Root's folder comes from the password database, never from $HOME, which `sudo -E`
+    // would carry over from the user who ran it.
+    let from_env = if nix::unistd::geteuid().is_root() {
+        None
+    } else {
+        std::env::var_os("HOME").map(PathBuf::from)
+    };
+    let home = from_env
         .or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
                 .ok()

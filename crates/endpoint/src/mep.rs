@@ -137,33 +137,91 @@ fn become_subreaper() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses a file that decides who runs what as whom (config, identity mapping,
-/// template, schema, environment) when someone other than the MEP's owner or root could
-/// change it: for a root MEP such a file is as good as root.
-fn check_admin_file(path: &std::path::Path) -> anyhow::Result<()> {
+/// Refuses a file that decides who runs what as whom (config, identity mapping and the
+/// programs it runs, template and its siblings, schema, environment) when someone other
+/// than the MEP's owner or root could change it or any folder above it: for a root MEP
+/// such a file is as good as root.
+pub fn check_admin_file(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
+    let me = nix::unistd::geteuid().as_raw();
+    let path = match std::fs::canonicalize(path) {
+        Ok(path) => path,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
-        anyhow::bail!(
-            "{} belongs to uid {}, not to this endpoint's user or root; it decides which account users run as, so it must not",
-            path.display(),
-            meta.uid()
-        );
-    }
-    if meta.mode() & 0o022 != 0 {
-        anyhow::bail!(
-            "{} can be changed by other users (mode {:o}); run `chmod go-w {}`",
-            path.display(),
-            meta.mode() & 0o777,
-            path.display()
-        );
+    for component in path.ancestors() {
+        let meta = std::fs::metadata(component)
+            .with_context(|| format!("reading {}", component.display()))?;
+        let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+        if meta.uid() != me && meta.uid() != 0 {
+            anyhow::bail!(
+                "{} belongs to uid {}, not to this endpoint's user or root, and {} depends on it; \
+                 it decides which account users run as",
+                component.display(),
+                meta.uid(),
+                path.display()
+            );
+        }
+        if meta.mode() & 0o022 != 0 && !sticky_dir {
+            anyhow::bail!(
+                "{} can be changed by other users (mode {:o}), and {} depends on it; run `chmod go-w {}`",
+                component.display(),
+                meta.mode() & 0o7777,
+                path.display(),
+                component.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The programs an identity mapping runs (its external documents' commands).
+fn mapping_programs(mapping_json: &str) -> Vec<PathBuf> {
+    let Ok(Value::Array(documents)) = serde_json::from_str::<Value>(mapping_json) else {
+        return Vec::new();
+    };
+    documents
+        .iter()
+        .filter_map(|d| {
+            d.get("command")?
+                .as_array()?
+                .first()?
+                .as_str()
+                .map(PathBuf::from)
+        })
+        .collect()
+}
+
+/// Every admin file a spawn depends on, checked at each spawn (they may change while
+/// the MEP runs).
+fn check_spawn_inputs(
+    config: &EndpointConfig,
+    mapping_path: &std::path::Path,
+    mapping_json: &str,
+) -> anyhow::Result<()> {
+    check_admin_file(mapping_path)?;
+    for program in mapping_programs(mapping_json) {
+        check_admin_file(&program)?;
+    }
+    check_admin_file(&config.user_config_template_path)?;
+    if let Some(dir) = config.user_config_template_path.parent()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if [".j2", ".jinja", ".jinja2"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
+                check_admin_file(&entry.path())?;
+            }
+        }
+    }
+    if let Some(schema) = &config.user_config_schema_path {
+        check_admin_file(schema)?;
+    }
+    check_admin_file(&config.user_environment_path)
 }
 
 async fn register(
@@ -232,6 +290,14 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
         anyhow::bail!(
             "the user endpoint template {} does not exist",
             config.user_config_template_path.display()
+        );
+    }
+    if let Some(schema) = &config.user_config_schema_path
+        && !schema.is_file()
+    {
+        anyhow::bail!(
+            "the schema {} named in config.yaml does not exist; without it users' variables would go unchecked",
+            schema.display()
         );
     }
     let mut admin_files = vec![
@@ -460,6 +526,15 @@ impl Mep {
                 }
             };
         let mapping_json = self.mapping.current_text().to_owned();
+        if let Some(mapping_path) = &config.identity_mapping_config_path
+            && let Err(e) = check_spawn_inputs(config, mapping_path, &mapping_json)
+        {
+            tracing::error!(error = %e, "refusing to start a user endpoint");
+            self.report_gone(Some(broker), uep_id, Some(format!(
+                "the endpoint's configuration is unsafe, so it starts no user endpoints; tell its administrator: {e:#}"
+            ))).await;
+            return;
+        }
         let identity = if self.root {
             IdentityRule::Map { mapping_json }
         } else {
@@ -583,25 +658,46 @@ impl Mep {
     /// Reaps every child that exited: UEPs (and their helpers), and orphans that were
     /// re-parented here.
     async fn reap(&mut self, broker: Option<&Broker>) {
+        use nix::sys::wait::{Id, waitid};
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            // Peek first (WNOWAIT): while the exited child is a zombie its pid, and so its
+            // session id, cannot be taken by a new process, so killing the session cannot
+            // hit a stranger that reused the pid.
+            let peeked = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            let pid = match peeked {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
-                    let pid = pid.as_raw();
-                    if let Some(uep_id) = self.by_pid.get(&pid).copied() {
-                        if let Some(record) = self.ueps.get_mut(&uep_id) {
-                            record.exit = Some(status);
-                        }
-                        // The process is gone; whatever it left in its session goes too.
-                        for member in crate::process::session_members(pid) {
-                            let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
-                        }
-                        self.finish_if_done(uep_id, broker).await;
-                    } else {
-                        tracing::debug!(pid, "reaped an orphan");
+                Ok(status) => match status.pid() {
+                    Some(pid) => pid,
+                    None => break,
+                },
+            };
+            if let Some(uep_id) = self.by_pid.get(&pid.as_raw()).copied()
+                && let Some(record) = self.ueps.get(&uep_id)
+                && record.phase != UepPhase::Starting
+                && let Some(uid) = record.uid
+            {
+                // The UEP was a session leader: whatever it left in its session, as its
+                // user, goes with it.
+                for member in crate::process::session_members(pid.as_raw()) {
+                    if crate::process::owner(member) == Some(uid) {
+                        let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
                     }
                 }
+            }
+            let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => continue,
+                Ok(status) => status,
+            };
+            if let Some(uep_id) = self.by_pid.get(&pid.as_raw()).copied() {
+                if let Some(record) = self.ueps.get_mut(&uep_id) {
+                    record.exit = Some(status);
+                }
+                self.finish_if_done(uep_id, broker).await;
+            } else {
+                tracing::debug!(pid = pid.as_raw(), "reaped an orphan");
             }
         }
         self.kill_orphans();
@@ -702,9 +798,13 @@ impl Mep {
                 pid,
                 "user endpoint did not stop within 10 s; killing its process group"
             );
+            // Still our unreaped child: its pid, process group and session are its own.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let uid = crate::process::owner(pid);
             for member in crate::process::session_members(pid) {
-                let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
+                if uid.is_some() && crate::process::owner(member) == uid {
+                    let _ = kill(Pid::from_raw(member), Signal::SIGKILL);
+                }
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

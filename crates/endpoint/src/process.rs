@@ -40,6 +40,14 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// The uid that owns process `pid` (its effective uid), if it still exists.
+pub fn owner(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
 /// Every process now running.
 pub fn all() -> Vec<ProcStat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

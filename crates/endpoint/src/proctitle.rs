@@ -37,10 +37,11 @@ pub fn set(title: &str) -> bool {
     let bytes = title.as_bytes();
     let n = bytes.len().min(len.saturating_sub(1));
     // SAFETY: [start, start+len) is this process's own argument area, mapped writable
-    // by the kernel for the life of the process (it is on the initial stack). Rust's
-    // std copied the arguments at start-up, so nothing reads this memory afterwards
-    // except the kernel when another process asks for our cmdline. The lock above
-    // serialises writers.
+    // by the kernel for the life of the process (it is on the initial stack). std's
+    // `env::args()` reads the argv strings that live there, so after this call it
+    // returns the title instead of the original arguments: the endpoint parses its
+    // arguments once, at start-up, before any title is set. Bytes are only overwritten
+    // within the area, never past it, and the lock above serialises writers.
     unsafe {
         let dest = start as *mut u8;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), dest, n);

@@ -149,15 +149,24 @@ impl ExternalDocument {
 /// this returns.
 fn run(argv: &[String], input: &[u8]) -> Result<Vec<u8>, Failure> {
     let (program, args) = argv.split_first().ok_or(Failure::Empty)?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so that a timeout kills what it started as well.
-        .process_group(0)
-        .spawn()
-        .map_err(Failure::Spawn)?;
+        .process_group(0);
+    // SAFETY: the hook runs between fork and exec and makes one async-signal-safe call.
+    // If the process that runs the mapping dies (a MEP's spawn helper killed with its
+    // MEP), the program dies with it instead of running on as root with no deadline.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().map_err(Failure::Spawn)?;
     let deadline = Instant::now() + TIMEOUT;
     let outcome = exchange(&mut child, input, deadline)
         .and_then(|output| wait_for_exit(&child, deadline).map(|()| output));

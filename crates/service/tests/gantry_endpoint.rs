@@ -77,15 +77,38 @@ fn ensure_users() {
     }
 }
 
+/// The live processes of `user` ("pid command line"), zombies excluded: a zombie runs
+/// nothing and waits only for whoever inherited it to reap it.
 fn user_processes(user: &str) -> Vec<String> {
-    let out = Command::new("pgrep")
-        .args(["-a", "-u", user])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    let Some(uid) = nix::unistd::User::from_name(user)
+        .unwrap()
+        .map(|u| u.uid.as_raw())
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next();
+        if meta.uid() != uid || state == Some("Z") || stat.is_empty() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        out.push(format!("{pid} {}", cmdline.trim()));
+    }
+    out
 }
 
 /// A running `gantry-endpoint start mep`, killed with its process group when dropped.

@@ -69,6 +69,11 @@ pub fn run() -> ! {
         Err(_) => std::process::exit(Step::Request.exit_code()),
     };
     let mut status = Status(std::fs::File::from(status_fd));
+    // Whatever else writes to stdout from here (a PAM module, the mapping program's
+    // stray output) must not reach the status pipe.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = sys::dup_onto(&null, 1);
+    }
     let _ = std::env::set_current_dir("/");
     let request = match read_request() {
         Ok(r) => r,
@@ -79,7 +84,9 @@ pub fn run() -> ! {
 }
 
 fn finish(status: &mut Status, failure: Failure) -> ! {
-    eprintln!(
+    // Never `eprintln!`: it panics on a broken stderr, and the exit code must survive.
+    let _ = writeln!(
+        std::io::stderr(),
         "gantry spawn helper: {} (exit {}): {}",
         failure.step.describe(),
         failure.step.exit_code(),
@@ -129,7 +136,7 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
     let bundle = TemplateBundle::read(&request.template_path)
         .map_err(|e| fail(Step::ReadTemplate, e.to_string()))?;
     let schema = match &request.schema_path {
-        Some(path) if path.exists() => Some(
+        Some(path) => Some(
             gantry_user_config::read_schema(path)
                 .map_err(|e| fail(Step::ReadTemplate, e.to_string()))?,
         ),
@@ -149,6 +156,16 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
     if root_mode {
         sys::set_groups(&account.name, account.gid)
             .map_err(|e| fail(Step::DropPrivileges, format!("to {}: {e}", account.name)))?;
+        // The gid change cleared the death signal; while PAM runs as root, a MEP that
+        // dies must still take this helper with it.
+        sys::set_parent_death_signal(libc::SIGKILL)
+            .map_err(|e| fail(Step::DropPrivileges, format!("death signal: {e}")))?;
+        if sys::parent_pid() != parent {
+            return Err(fail(
+                Step::DropPrivileges,
+                "the MEP exited while the UEP was starting",
+            ));
+        }
     }
     let pam_environment = match pam.as_mut() {
         Some(session) => pam_session(session, status)?,
@@ -337,10 +354,24 @@ fn lookup(name: &str) -> Result<Account, Failure> {
 
 fn vet(request: &SpawnRequest, account: &Account, root_mode: bool) -> Result<(), Failure> {
     let name = &account.name;
-    if account.uid == 0 || account.gid == 0 {
+    if account.uid == 0 || account.gid == 0 || account.groups.contains(&0) {
         return Err(fail(
             Step::RefusedAccount,
             format!("{name} is root or in root's group; user endpoints never run as root"),
+        ));
+    }
+    // (uid_t)-1 means "unchanged" to setresuid, and the overflow ids stand for nobody.
+    const NOBODY: u32 = 65534;
+    if [account.uid, account.gid]
+        .iter()
+        .any(|id| *id == u32::MAX || *id == NOBODY)
+    {
+        return Err(fail(
+            Step::RefusedAccount,
+            format!(
+                "{name} is an unmapped or overflow account (uid {}, gid {})",
+                account.uid, account.gid
+            ),
         ));
     }
     if root_mode && account.uid < request.min_uid {
