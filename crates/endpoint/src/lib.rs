@@ -6,12 +6,14 @@
 //! - [`mep`]: the MEP daemon (registration, command queue, spawning through
 //!   `gantry-spawner`, reaping, heartbeats, stopping every UEP);
 //! - [`uep`]: the UEP (task queue → engine → results, heartbeats, idle shutdown);
+//! - [`audit`]: the high-assurance audit records (UEP side and MEP stamp);
 //! - [`commands`]: what each CLI verb does (`configure`, `start`, `stop`, `list`, …);
 //! - [`process`] and [`proctitle`]: `/proc` reading, session kills, process titles.
 //!
 //! The privileged code is not here: it is the spawn helper in `gantry-spawner`, which
 //! the MEP runs as a separate process for every UEP it starts.
 
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod dirs;

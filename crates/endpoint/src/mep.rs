@@ -109,6 +109,8 @@ pub struct UepRow {
 enum PipeEvent {
     Line(i32, HelperEvent),
     Closed(i32),
+    /// A line from the audit pipe of a UEP (pid, id).
+    Audit(i32, Uuid, String),
 }
 
 struct Mep {
@@ -121,6 +123,10 @@ struct Mep {
     by_pid: HashMap<i32, Uuid>,
     pipe_tx: mpsc::UnboundedSender<PipeEvent>,
     heartbeat_info: QueueInfo,
+    /// High assurance: `audit.log`, appended to by this process alone.
+    audit_log: Option<std::fs::File>,
+    /// The account each audited UEP runs as (kept after it exits, for late records).
+    audit_uids: HashMap<Uuid, u32>,
 }
 
 /// Becomes the parent of every orphan among our descendants.
@@ -325,6 +331,24 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
         vec!["__spawn-uep".into()],
     )?);
     let (pipe_tx, mut pipe_rx) = mpsc::unbounded_channel();
+    let audit_log = if config.high_assurance {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = config
+            .audit_log_path
+            .clone()
+            .unwrap_or_else(|| options.dir.path.join("audit.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        tracing::info!(path = %path.display(), "high assurance: auditing every task");
+        Some(file)
+    } else {
+        None
+    };
     let mut mep = Mep {
         options: options.clone(),
         launcher,
@@ -335,6 +359,8 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
         by_pid: HashMap::new(),
         pipe_tx,
         heartbeat_info: registration.heartbeat_queue_info.clone(),
+        audit_log,
+        audit_uids: HashMap::new(),
     };
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -561,9 +587,32 @@ impl Mep {
             pam: config.pam.enable.then(|| gantry_spawner::PamSettings {
                 service_name: config.pam.service_name.clone(),
             }),
+            audit: self.audit_log.is_some(),
+        };
+        // High assurance: a pipe per UEP, the write end handed to it at descriptor 3.
+        let (audit_read, audit_write) = if self.audit_log.is_some() {
+            match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+                Ok((read, write)) => (Some(read), Some(write)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot make an audit pipe");
+                    self.report_gone(
+                        Some(broker),
+                        uep_id,
+                        Some(format!(
+                            "the endpoint could not start a user endpoint (audit pipe: {e})"
+                        )),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        } else {
+            (None, None)
         };
         let launcher = self.launcher.clone();
-        let launched = tokio::task::spawn_blocking(move || launcher.launch(&request)).await;
+        let launched =
+            tokio::task::spawn_blocking(move || launcher.launch_with_audit(&request, audit_write))
+                .await;
         let launched = match launched {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
@@ -599,6 +648,20 @@ impl Mep {
             },
         );
         self.by_pid.insert(pid, uep_id);
+        if let Some(read) = audit_read {
+            let tx = self.pipe_tx.clone();
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
+                Ok(pipe) => {
+                    tokio::spawn(async move {
+                        let mut lines = tokio::io::BufReader::new(pipe).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            let _ = tx.send(PipeEvent::Audit(pid, uep_id, line));
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, pid, "cannot read the audit pipe"),
+            }
+        }
         let tx = self.pipe_tx.clone();
         match tokio::net::unix::pipe::Receiver::from_owned_fd(launched.status) {
             Ok(pipe) => {
@@ -624,8 +687,27 @@ impl Mep {
     }
 
     async fn pipe_event(&mut self, event: PipeEvent, broker: Option<&Broker>) {
+        // Audit records may still come after the UEP was reaped: they are stamped with
+        // what the MEP knew of it, never dropped.
+        if let PipeEvent::Audit(pid, uep_id, line) = &event {
+            let uid = self.audit_uids.get(uep_id).copied();
+            if let Some(log) = self.audit_log.as_mut() {
+                use std::io::Write;
+                match crate::audit::stamp(line, uid, *pid, *uep_id) {
+                    Some(stamped) => {
+                        if let Err(e) = writeln!(log, "{stamped}").and_then(|()| log.sync_data()) {
+                            tracing::error!(error = %e, "cannot write the audit log");
+                        }
+                    }
+                    None => {
+                        tracing::warn!(%uep_id, pid, "a user endpoint wrote a malformed audit record")
+                    }
+                }
+            }
+            return;
+        }
         let pid = match &event {
-            PipeEvent::Line(pid, _) | PipeEvent::Closed(pid) => *pid,
+            PipeEvent::Line(pid, _) | PipeEvent::Closed(pid) | PipeEvent::Audit(pid, ..) => *pid,
         };
         let Some(uep_id) = self.by_pid.get(&pid).copied() else {
             return;
@@ -638,6 +720,9 @@ impl Mep {
                 tracing::info!(%uep_id, user, uid, "identity mapped");
                 record.user = Some(user);
                 record.uid = Some(uid);
+                if self.audit_log.is_some() {
+                    self.audit_uids.insert(uep_id, uid);
+                }
             }
             PipeEvent::Line(_, HelperEvent::Pam { message }) => {
                 tracing::info!(%uep_id, ?message, "PAM message");
@@ -650,6 +735,7 @@ impl Mep {
                 record.failure = Some((step, message));
             }
             PipeEvent::Closed(_) => record.pipe_closed = true,
+            PipeEvent::Audit(..) => {}
         }
         self.write_table();
         self.finish_if_done(uep_id, broker).await;

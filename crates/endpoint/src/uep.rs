@@ -32,6 +32,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::audit::AuditEvent;
 use crate::config::{ConfigError, yaml_mapping};
 use crate::proctitle;
 
@@ -179,6 +180,8 @@ pub enum StopReason {
     IdleHard,
     /// Its MEP died.
     ParentGone,
+    /// An audit record could not be written (high assurance: no task runs unrecorded).
+    AuditFailed,
 }
 
 /// How a running UEP is set up, beyond its engine.
@@ -195,6 +198,8 @@ pub struct UepSettings {
     pub parent_pid: Option<i32>,
     /// Its process title, to which the state is prefixed; `None`: leave the title alone.
     pub title: Option<String>,
+    /// High assurance: the inherited descriptor of its audit pipe (see [`crate::audit`]).
+    pub audit_fd: Option<i32>,
 }
 
 fn now_ns() -> i64 {
@@ -295,6 +300,16 @@ pub async fn serve(
     let (result_exchange, result_key) = publish_target(&creds.result_queue_info)?;
     let (beat_exchange, beat_key) = publish_target(&creds.heartbeat_queue_info)?;
     let period = Duration::from_secs_f64(settings.config.heartbeat_period);
+    // SAFETY: the MEP's helper left this descriptor open for this process alone.
+    let mut audit = settings
+        .audit_fd
+        .map(|fd| unsafe { crate::audit::AuditWriter::from_fd(fd) });
+    let mut audit_record = |event, task_id, function_id| match audit.as_mut() {
+        Some(writer) => writer.record(event, task_id, function_id).map_err(|e| {
+            tracing::error!(error = %e, "cannot write an audit record; stopping");
+        }),
+        None => Ok(()),
+    };
     let mut activity = Activity {
         outstanding: 0,
         any_task: false,
@@ -404,17 +419,31 @@ pub async fn serve(
                         break;
                     };
                     activity.moved = true;
+                    let function_id = header_str(&delivery, "function_uuid").and_then(|s| Uuid::parse_str(&s).ok());
                     match accept(&delivery, &allowed) {
                         Accepted::Task(task) => {
+                            let task_id = task.task_id;
+                            if audit_record(AuditEvent::Received, task_id, function_id).is_err() {
+                                break 'outer StopReason::AuditFailed;
+                            }
                             if let Err(e) = engine.submit(task) {
                                 tracing::error!(error = %e, "the engine refused a task; it stays on the queue");
                                 break;
+                            }
+                            if audit_record(AuditEvent::ExecStart, task_id, function_id).is_err() {
+                                break 'outer StopReason::AuditFailed;
                             }
                             activity.outstanding += 1;
                             activity.any_task = true;
                         }
                         Accepted::Refused(result) => {
                             let task_id = result.task_id;
+                            if audit_record(AuditEvent::Received, task_id, function_id)
+                                .and_then(|()| audit_record(AuditEvent::Failed, task_id, function_id))
+                                .is_err()
+                            {
+                                break 'outer StopReason::AuditFailed;
+                            }
                             results.keep(task_id, Message::Result(*result).pack())?;
                         }
                         Accepted::Junk => {}
@@ -443,6 +472,9 @@ pub async fn serve(
                     for event in batch {
                         match event {
                             EngineEvent::Started { task_id, at } => {
+                                if audit_record(AuditEvent::Running, task_id, None).is_err() {
+                                    break 'outer StopReason::AuditFailed;
+                                }
                                 activity.transitions.entry(task_id.to_string()).or_default().push(TaskTransition {
                                     timestamp: nanos(at),
                                     state: TaskState::ExecStart,
@@ -452,6 +484,12 @@ pub async fn serve(
                             EngineEvent::Finished(result) => {
                                 activity.outstanding = activity.outstanding.saturating_sub(1);
                                 let task_id = result.task_id;
+                                let event = if result.error.is_some() { AuditEvent::Failed } else { AuditEvent::ExecEnd };
+                                if audit_record(event, task_id, None).is_err() {
+                                    // The result is kept and sent; the endpoint stops after it.
+                                    results.keep(task_id, Message::Result(result_message(result, endpoint_id)).pack())?;
+                                    break 'outer StopReason::AuditFailed;
+                                }
                                 results.keep(task_id, Message::Result(result_message(result, endpoint_id)).pack())?;
                             }
                         }
@@ -857,6 +895,10 @@ pub async fn main() -> anyhow::Result<()> {
         dir,
         parent_pid,
         title: Some(title.trim_end().to_owned()),
+        audit_fd: ep_info
+            .get("audit_fd")
+            .and_then(Value::as_i64)
+            .map(|fd| fd as i32),
     };
     let reason = serve(settings, engine, stop_rx).await?;
     if let Some(teardown) = teardown {

@@ -866,3 +866,102 @@ async fn the_seed_script_runs_unchanged_against_the_quickstart_template() {
     cleanup_uep_dirs(mep_id);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_assurance_mep_audits_every_step_of_every_task() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let program = gantry_testkit::workspace_binary("gantry-endpoint", "gantry-endpoint");
+    let (client, secret) = service
+        .store()
+        .add_endpoint_client("audited-mep")
+        .await
+        .unwrap();
+    let home = gantry_testkit::fresh_temp_dir("gantry-mep");
+    write_mep(&home);
+    let config = home.join("mep/config.yaml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("high_assurance: true\n");
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(program)
+        .args(["start", "mep"])
+        .env("GANTRY_HOME", &home)
+        .env("GANTRY_CLIENT_ID", client.client_id.to_string())
+        .env("GANTRY_CLIENT_SECRET", &secret)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(home.join("mep.out")).unwrap())
+        .stderr(std::fs::File::create(home.join("mep.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut mep = Mep { child, home };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mep_id = loop {
+        if let Some(id) = mep.id()
+            && let Ok(Some(ep)) = service.store().endpoint(id).await
+            && ep.is_online(gantry_store::now_ms())
+        {
+            break id;
+        }
+        assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
+        assert!(
+            Instant::now() < deadline,
+            "the MEP did not come online:\n{}",
+            mep.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ok = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "40"})).await;
+    let failed = submit("fails", &alice, mep_id, json!({"ACCOUNT_ID": "40"})).await;
+    assert_eq!(ok["result"]["user"], ALICE, "{ok}\n{}", mep.log());
+    assert_eq!(failed["error"]["type"], "TaskExecutionFailed", "{failed}");
+    let log_path = mep.dir().join("audit.log");
+    let events_of = |task: &Value| -> Vec<Value> {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["task_id"] == *task)
+            .collect()
+    };
+    // The last record of a task can trail its result by a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events_of(&failed["task_id"]).len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names = |records: &[Value]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ok_records = events_of(&ok["task_id"]);
+    assert_eq!(
+        names(&ok_records),
+        ["RECEIVED", "EXEC_START", "RUNNING", "EXEC_END"],
+        "{ok_records:?}"
+    );
+    assert_eq!(
+        names(&events_of(&failed["task_id"])),
+        ["RECEIVED", "EXEC_START", "RUNNING", "FAILED"]
+    );
+    // The MEP stamps what the UEP cannot forge: its uid, pid and id.
+    for record in &ok_records {
+        assert_eq!(record["uid"], uid_of(ALICE));
+        assert!(record["pid"].as_i64().unwrap() > 1);
+        assert_eq!(
+            service.store().ueps_of(mep_id).await.unwrap()[0]
+                .endpoint_id
+                .to_string(),
+            record["uep_id"]
+        );
+        assert!(record["time"].as_str().unwrap().contains('.'));
+    }
+    let meta = std::fs::metadata(&log_path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}

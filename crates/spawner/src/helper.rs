@@ -63,7 +63,9 @@ impl Status {
 pub fn run() -> ! {
     // Step 1: nothing the MEP had open beyond 0–2 reaches the user, then keep the
     // status pipe (stdout) as a close-on-exec descriptor of its own.
-    let _ = sys::close_from(3);
+    // The audit pipe, if the MEP gave one, sits at descriptor 3 and is kept only if
+    // the request asks for it (checked below, once the request is read).
+    let _ = sys::close_from(crate::request::AUDIT_FD + 1);
     let status_fd: OwnedFd = match sys::dup_cloexec(1) {
         Ok(fd) => fd,
         Err(_) => std::process::exit(Step::Request.exit_code()),
@@ -79,6 +81,9 @@ pub fn run() -> ! {
         Ok(r) => r,
         Err(f) => finish(&mut status, f),
     };
+    if !request.audit {
+        sys::close_one(crate::request::AUDIT_FD);
+    }
     let Err(failure) = start(&request, &mut status);
     finish(&mut status, failure)
 }
@@ -176,8 +181,12 @@ fn start(request: &SpawnRequest, status: &mut Status) -> Result<std::convert::In
             .map_err(|e| fail(Step::DropPrivileges, format!("to {}: {e}", account.name)))?;
     }
     // Whatever a PAM module left open (as root) closes at the exec.
-    sys::cloexec_from(3)
-        .map_err(|e| fail(Step::DropPrivileges, format!("marking descriptors: {e}")))?;
+    sys::cloexec_from(if request.audit {
+        crate::request::AUDIT_FD + 1
+    } else {
+        3
+    })
+    .map_err(|e| fail(Step::DropPrivileges, format!("marking descriptors: {e}")))?;
     sys::verify_dropped(account.uid, account.gid)
         .map_err(|e| fail(Step::DropPrivileges, e.to_string()))?;
     // Without PAM, no exec may regain privileges. With PAM the admin chose setuid
@@ -480,6 +489,9 @@ fn uep_stdin(
     ep_info.insert("user".into(), json!(account.name));
     ep_info.insert("uep_dir".into(), json!(dir));
     ep_info.insert("parent_pid".into(), json!(sys::parent_pid()));
+    if request.audit {
+        ep_info.insert("audit_fd".into(), json!(crate::request::AUDIT_FD));
+    }
     ep_info.insert(
         "user_runtime".into(),
         request.command.kwargs.user_runtime.clone(),

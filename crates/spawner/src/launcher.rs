@@ -28,6 +28,7 @@ pub struct Launched {
 
 struct Job {
     request: Vec<u8>,
+    audit: Option<OwnedFd>,
     reply: mpsc::SyncSender<io::Result<Launched>>,
 }
 
@@ -48,7 +49,9 @@ impl Launcher {
                 // Lives as long as the MEP holds the Launcher; helpers started here get
                 // their death signal when this thread ends.
                 for job in queue {
-                    let _ = job.reply.send(launch(&program, &args, &job.request));
+                    let _ = job
+                        .reply
+                        .send(launch(&program, &args, &job.request, job.audit));
                 }
             })?;
         Ok(Launcher { jobs })
@@ -57,11 +60,22 @@ impl Launcher {
     /// Starts a helper for `request` and hands it the request. Blocks for as long as the
     /// fork, exec and the write of the request take (milliseconds).
     pub fn launch(&self, request: &SpawnRequest) -> io::Result<Launched> {
+        self.launch_with_audit(request, None)
+    }
+
+    /// [`Launcher::launch`], handing the helper (and the UEP it becomes) `audit` as its
+    /// descriptor 3: the write end of the high-assurance audit pipe (SPEC §5).
+    pub fn launch_with_audit(
+        &self,
+        request: &SpawnRequest,
+        audit: Option<OwnedFd>,
+    ) -> io::Result<Launched> {
         let bytes = serde_json::to_vec(request).map_err(io::Error::other)?;
         let (reply, answer) = mpsc::sync_channel(1);
         self.jobs
             .send(Job {
                 request: bytes,
+                audit,
                 reply,
             })
             .map_err(|_| io::Error::other("the spawning thread has stopped"))?;
@@ -71,7 +85,14 @@ impl Launcher {
     }
 }
 
-fn launch(program: &PathBuf, args: &[OsString], request: &[u8]) -> io::Result<Launched> {
+fn launch(
+    program: &PathBuf,
+    args: &[OsString],
+    request: &[u8],
+    audit: Option<OwnedFd>,
+) -> io::Result<Launched> {
+    use std::os::fd::AsRawFd;
+    let audit_fd = audit.as_ref().map(|fd| fd.as_raw_fd());
     let mut command = Command::new(program);
     command
         .args(args)
@@ -80,11 +101,13 @@ fn launch(program: &PathBuf, args: &[OsString], request: &[u8]) -> io::Result<La
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // SAFETY: the hook runs in the forked child of a multi-threaded process, where only
-    // async-signal-safe calls are allowed: it makes exactly one, prctl, and allocates
-    // nothing. Until the helper drops privileges (and sets SIGTERM for the UEP), a MEP
-    // that dies takes the root helper with it at once.
+    // async-signal-safe calls are allowed: it makes at most two, prctl and dup2, and
+    // allocates nothing. Until the helper drops privileges (and sets SIGTERM for the
+    // UEP), a MEP that dies takes the root helper with it at once. dup2 puts the audit
+    // pipe (opened close-on-exec) at descriptor 3 without that flag, so it alone of the
+    // MEP's descriptors survives the exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -92,6 +115,11 @@ fn launch(program: &PathBuf, args: &[OsString], request: &[u8]) -> io::Result<La
                 0,
                 0,
             ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = audit_fd
+                && libc::dup2(fd, crate::request::AUDIT_FD) < 0
             {
                 return Err(io::Error::last_os_error());
             }
@@ -112,5 +140,7 @@ fn launch(program: &PathBuf, args: &[OsString], request: &[u8]) -> io::Result<La
     }
     // The Child is dropped without waiting: the MEP's reaper owns every child's exit.
     drop(child);
+    // The child has its copy; the MEP keeps only the read end.
+    drop(audit);
     Ok(Launched { pid, status })
 }

@@ -15,6 +15,10 @@ use crate::pam::{PamMessage, PamSettings};
 /// bound keeps a confused MEP from making a root process allocate without limit.
 pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The descriptor at which the helper, and the UEP after it, find the write end of the
+/// high-assurance audit pipe.
+pub const AUDIT_FD: i32 = 3;
+
 /// Who the user endpoint runs as.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
@@ -68,6 +72,10 @@ pub struct SpawnRequest {
     /// need it). `None`: no PAM, and no_new_privs is set.
     #[serde(default)]
     pub pam: Option<PamSettings>,
+    /// High assurance: the MEP's audit pipe is at [`AUDIT_FD`]; the helper keeps it open
+    /// for the UEP, which writes a record for each step of each task.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 impl SpawnRequest {

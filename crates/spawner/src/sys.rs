@@ -42,11 +42,18 @@ pub fn close_from(first: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A close-on-exec duplicate of `fd` at 3 or above: the status pipe survives the
+/// Closes one descriptor this process owns through no Rust object (an inherited one).
+pub fn close_one(fd: RawFd) {
+    // SAFETY: the caller names a descriptor that no Rust object owns; EBADF is harmless.
+    unsafe { libc::close(fd) };
+}
+
+/// A close-on-exec duplicate of `fd` at 10 or above: the status pipe survives the
 /// helper's own rearranging of 0–2 but closes by itself when the UEP is exec'd.
 pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that nothing else owns.
-    let new = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // At 10 or above, clear of the audit pipe's fixed place (3).
+    let new = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) })?;
     // SAFETY: `new` was just created and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
