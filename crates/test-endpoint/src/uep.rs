@@ -102,6 +102,7 @@ pub async fn run_uep(
         dir: None,
         parent_pid: None,
         title: None,
+        audit_fd: None,
     };
     let (stop, stopped) = watch::channel(false);
     let handle = tokio::spawn(async move {
