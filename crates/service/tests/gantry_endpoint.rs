@@ -965,3 +965,87 @@ async fn a_high_assurance_mep_audits_every_step_of_every_task() {
     cleanup_uep_dirs(mep_id);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mep_run_by_a_user_serves_only_identities_that_map_to_that_user() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let (_, bob) = service.user("bob@example.org").await;
+    let program = gantry_testkit::workspace_binary("gantry-endpoint", "gantry-endpoint");
+    let (client, secret) = service
+        .store()
+        .add_endpoint_client("bobs-mep")
+        .await
+        .unwrap();
+    // Bob's own endpoint folder, in his home, as he would configure it.
+    let home = home_of(BOB).join(format!("gantry-test-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&home).unwrap();
+    write_mep(&home);
+    run(
+        "chown",
+        &["-R", &format!("{BOB}:{BOB}"), &home.display().to_string()],
+    );
+    run("chmod", &["-R", "go-w", &home.display().to_string()]);
+    let child = Command::new("runuser")
+        .args(["-u", BOB, "--", "env"])
+        .arg(format!("GANTRY_HOME={}", home.display()))
+        .arg(format!("GANTRY_CLIENT_ID={}", client.client_id))
+        .arg(format!("GANTRY_CLIENT_SECRET={secret}"))
+        .arg(&program)
+        .args(["start", "mep"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create("/dev/null").unwrap())
+        .stderr(std::fs::File::create(home.join("mep.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut mep = Mep {
+        child,
+        home: home.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mep_id = loop {
+        if let Some(id) = mep.id()
+            && let Ok(Some(ep)) = service.store().endpoint(id).await
+            && ep.is_online(gantry_store::now_ms())
+        {
+            break id;
+        }
+        assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
+        assert!(
+            Instant::now() < deadline,
+            "the MEP did not come online:\n{}",
+            mep.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mine = submit("probe", &bob, mep_id, json!({"ACCOUNT_ID": "50"})).await;
+    assert_eq!(mine["result"]["user"], BOB, "{mine}\n{}", mep.log());
+    let theirs = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "50"})).await;
+    let text = theirs["error"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("serves only identities that map to gtest-bob"),
+        "{theirs}\n{}",
+        mep.log()
+    );
+    assert!(user_processes(ALICE).is_empty(), "something ran as alice");
+    // `runuser` is the test's child; the MEP is bob's process: stop it as `stop` does.
+    let pid: i32 = std::fs::read_to_string(mep.dir().join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let left = wait_no_user_processes(Duration::from_secs(15)).await;
+    assert!(
+        left.is_empty(),
+        "bob's MEP left processes: {left:?}\n{}",
+        mep.log()
+    );
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&home);
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
