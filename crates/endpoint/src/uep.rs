@@ -913,3 +913,63 @@ pub async fn main() -> anyhow::Result<()> {
     tracing::info!(?reason, "user endpoint stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn kept_results_survive_a_restart_until_confirmed() {
+        let dir = std::env::temp_dir().join(format!("gantry-unacked-{}", Uuid::new_v4()));
+        let unacked = dir.join("unacked_results");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        {
+            let mut store = ResultStore::open(Some(unacked.clone())).unwrap();
+            store.keep(a, b"result a".to_vec()).unwrap();
+            store.keep(b, b"result b".to_vec()).unwrap();
+            store.confirmed(b);
+        }
+        let mode = std::fs::metadata(unacked.join(a.to_string()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "a kept result is the user's alone");
+        assert!(
+            !unacked.join(b.to_string()).exists(),
+            "a confirmed result is removed"
+        );
+        // A new UEP process (a restart) finds the unconfirmed one and sends it first.
+        let reopened = ResultStore::open(Some(unacked.clone())).unwrap();
+        assert_eq!(reopened.pending.len(), 1);
+        assert_eq!(reopened.pending[&a], b"result a");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_rendered_config_is_checked_for_the_scientist() {
+        let config =
+            UepConfig::parse("engine: {type: ThreadPoolEngine}\nidle_heartbeats_soft: 3\n")
+                .unwrap();
+        assert_eq!(config.idle_heartbeats_soft, 3);
+        assert_eq!(config.idle_heartbeats_hard, 5760);
+        assert_eq!(config.heartbeat_period, 30.0);
+        let err = UepConfig::parse("heartbeat_period: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine") && err.contains("required"), "{err}");
+        let err = UepConfig::parse("engine: {type: X}\nidle_heartbeat_soft: 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("idle_heartbeat_soft") && err.contains("idle_heartbeats_soft"),
+            "{err}"
+        );
+        let err = UepConfig::parse("engine: {}\nallowed_functions: [nope]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed_functions"), "{err}");
+    }
+}
