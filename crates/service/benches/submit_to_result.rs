@@ -5,6 +5,8 @@
 //! Run with `cargo bench -p gantry-service` (needs RabbitMQ and, for the PostgreSQL
 //! rows, PostgreSQL, as the tests do). The client side does what the SDK's Executor
 //! does: POST /v3/endpoints/{id}/submit, then read results from the task group's queue.
+//! Then it measures how much the process's memory grows while the service takes one
+//! submit of 10,000 tasks of a 64 KiB function (`-- memory` runs only that).
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot run should stop loudly
 
@@ -204,25 +206,157 @@ async fn run(backend: &str, database_url: String) -> Vec<String> {
     rows
 }
 
+/// How much this process's resident memory grows while the service takes one submit of
+/// 10,000 tasks of a 64 KiB function (640 MiB of task messages), until every message is
+/// on the broker. No endpoint consumes them; they go with the vhost.
+async fn submit_memory(backend: &str, database_url: String) -> String {
+    const TASKS: usize = 10_000;
+    let vhost = format!("gantry-bench-{}", uuid::Uuid::new_v4().simple());
+    let service = start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url,
+        amqp_url: format!("amqp://guest:guest@{}/{vhost}", gantry_testkit::amqp_host()),
+        amqp_admin_url: gantry_testkit::amqp_admin_url(),
+        public_amqp_url: None,
+        max_body_bytes: 64 * 1024 * 1024,
+        client_token_lifetime_s: 3600,
+        start_retry_after: std::time::Duration::from_secs(3),
+    })
+    .await
+    .unwrap();
+    let store = &service.state.store;
+    let (_, token) = store.add_user("bench").await.unwrap();
+    let (client, _) = store.add_endpoint_client("bench-site").await.unwrap();
+    let client_token = store
+        .issue_client_token(client.client_id, "funcx_service", 3_600_000)
+        .await
+        .unwrap();
+    let registration =
+        serde_json::from_value(json!({"endpoint_name": "bench", "public": true})).unwrap();
+    let registered = register(&service.url(), &client_token, &registration)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let code = pack_buffers(&[&format!("01\n{}\n", "A".repeat(64 * 1024))]);
+    let function: Value = http
+        .post(format!("{}/v3/functions", service.url()))
+        .bearer_auth(&token)
+        .json(&json!({"function_name": "big", "function_code": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let function = function["function_uuid"].as_str().unwrap().to_owned();
+    let payload = pack_buffers(&["00\ngAUpLg==\n", "00\ngAR9lC4=\n"]);
+    let body = json!({"tasks": {&function: vec![payload; TASKS]}}).to_string();
+
+    let before = resident_kib("VmRSS:").unwrap_or(0);
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let started = Instant::now();
+    let response = http
+        .post(format!(
+            "{}/v3/endpoints/{}/submit",
+            service.url(),
+            registered.endpoint_id
+        ))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    // What the submit could not publish in time, the outbox sends: wait for all of it.
+    while !store.unsent_tasks(i64::MAX, 1).await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = started.elapsed();
+    let peak = resident_kib("VmHWM:").unwrap_or(0);
+    service.stop().await;
+    let management =
+        gantry_broker_accounts::management::Management::new(&gantry_testkit::amqp_admin_url())
+            .unwrap();
+    management.delete_vhost_and_accounts(&vhost).await.unwrap();
+    let growth = if reset {
+        format!("+{:.0} MiB", peak.saturating_sub(before) as f64 / 1024.0)
+    } else {
+        "not measured (no /proc/self/clear_refs)".to_owned()
+    };
+    format!(
+        "| {backend} | memory, one submit of {TASKS} tasks of a 64 KiB function | peak resident {growth} | all on the broker after {:.1} s | |",
+        elapsed.as_secs_f64()
+    )
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo test --benches` runs benches with --bench absent; do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let sqlite_dir = gantry_testkit::fresh_temp_dir("bench");
-    let mut rows = run(
-        "SQLite",
-        format!("sqlite://{}", sqlite_dir.join("service.db").display()),
-    )
-    .await;
-    rows.extend(
-        run(
-            "PostgreSQL",
-            gantry_testkit::fresh_postgres_database().await,
-        )
-        .await,
-    );
+    // `-- memory` runs only the memory rows; `-- memory-of <database>` is one of them,
+    // run in a process of its own so that no earlier run's memory hides its growth.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "memory-of") {
+        let row = match args.get(at + 1).map(String::as_str) {
+            Some("PostgreSQL") => {
+                submit_memory(
+                    "PostgreSQL",
+                    gantry_testkit::fresh_postgres_database().await,
+                )
+                .await
+            }
+            _ => {
+                let dir = gantry_testkit::fresh_temp_dir("bench-submit");
+                submit_memory(
+                    "SQLite",
+                    format!("sqlite://{}", dir.join("service.db").display()),
+                )
+                .await
+            }
+        };
+        println!("{row}");
+        return;
+    }
+    let only_memory = args.iter().any(|a| a == "memory");
+    let mut rows = Vec::new();
+    if !only_memory {
+        let sqlite_dir = gantry_testkit::fresh_temp_dir("bench");
+        rows.extend(
+            run(
+                "SQLite",
+                format!("sqlite://{}", sqlite_dir.join("service.db").display()),
+            )
+            .await,
+        );
+        rows.extend(
+            run(
+                "PostgreSQL",
+                gantry_testkit::fresh_postgres_database().await,
+            )
+            .await,
+        );
+    }
+    let process_peak = resident_kib("VmHWM:");
+    for database in ["SQLite", "PostgreSQL"] {
+        let me = std::env::current_exe().unwrap();
+        let output = std::process::Command::new(me)
+            .args(["--bench", "memory-of", database])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "the memory run on {database} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        rows.push(String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    }
     println!(
         "\nsubmit → result through gantry-service + RabbitMQ, no-op tasks, Rust test endpoint (Echo)\n"
     );
@@ -231,7 +365,7 @@ async fn main() {
     for row in rows {
         println!("{row}");
     }
-    if let Some(peak) = peak_resident_kib() {
+    if let (Some(peak), false) = (process_peak, only_memory) {
         println!(
             "\npeak resident memory of this process (service, test endpoint and load, both runs): {:.1} MiB",
             peak as f64 / 1024.0
@@ -239,11 +373,12 @@ async fn main() {
     }
 }
 
-/// `VmHWM` of this process, in KiB (Linux).
-fn peak_resident_kib() -> Option<u64> {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM:` the peak
+/// resident set, `VmRSS:` the current one), in KiB (Linux).
+fn resident_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -3,7 +3,7 @@
 //! outbox): a task is stored with its message, published with a confirm, and only then
 //! forgotten, so a broker outage or a crash delays tasks but never loses them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gantry_broker::Outgoing;
@@ -14,6 +14,7 @@ use gantry_broker::layout::{TASKS_EXCHANGE, task_group_queue, task_routing_key};
 use gantry_protocol::messagepack::{Message, ResultErrorDetails, Task, TaskResult};
 use gantry_store::{TaskRecord, error_details_of};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::state::AppState;
 
@@ -24,6 +25,38 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Function codes by id, read from the store at most once per publish: an unsent task
+/// keeps only its payload, and its message is the function's code followed by it.
+#[derive(Debug, Default)]
+pub struct FunctionCodes(HashMap<Uuid, Option<String>>);
+
+impl FunctionCodes {
+    /// Codes the caller has at hand already (a submit read its functions).
+    pub fn known(codes: impl IntoIterator<Item = (Uuid, String)>) -> FunctionCodes {
+        FunctionCodes(
+            codes
+                .into_iter()
+                .map(|(id, code)| (id, Some(code)))
+                .collect(),
+        )
+    }
+
+    /// The code of a function (deleted or not); `None` when it is gone from the store.
+    async fn get(
+        &mut self,
+        state: &AppState,
+        function_id: Uuid,
+    ) -> Result<Option<&str>, gantry_store::StoreError> {
+        let code = match self.0.entry(function_id) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(state.store.function_code(function_id).await?)
+            }
+        };
+        Ok(code.as_deref())
+    }
+}
+
 /// Publishes stored tasks whose messages are still in the outbox, then clears them.
 /// Endpoint by endpoint, each under its gate, and only the tasks still unsent once the
 /// gate is held: a failed start may have failed some meanwhile, and those must not
@@ -31,8 +64,12 @@ fn now_secs() -> u64 {
 ///
 /// Returns how many tasks it settled (sent and cleared, or failed); an error when any
 /// could not be settled, which the outbox then retries.
-pub async fn publish_tasks(state: &AppState, tasks: &[TaskRecord]) -> anyhow::Result<usize> {
-    let mut by_endpoint: BTreeMap<uuid::Uuid, Vec<&TaskRecord>> = BTreeMap::new();
+pub async fn publish_tasks(
+    state: &AppState,
+    tasks: &[TaskRecord],
+    codes: &mut FunctionCodes,
+) -> anyhow::Result<usize> {
+    let mut by_endpoint: BTreeMap<Uuid, Vec<&TaskRecord>> = BTreeMap::new();
     for task in tasks.iter().filter(|t| t.task_buffer.is_some()) {
         by_endpoint.entry(task.endpoint_id).or_default().push(task);
     }
@@ -41,8 +78,8 @@ pub async fn publish_tasks(state: &AppState, tasks: &[TaskRecord]) -> anyhow::Re
     for (endpoint_id, tasks) in by_endpoint {
         let gate = state.endpoint_gate(endpoint_id);
         let _held = gate.lock().await;
-        let ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.task_id).collect();
-        let unsent: HashSet<uuid::Uuid> = match state.store.still_unsent(&ids).await {
+        let ids: Vec<Uuid> = tasks.iter().map(|t| t.task_id).collect();
+        let unsent: HashSet<Uuid> = match state.store.still_unsent(&ids).await {
             Ok(unsent) => unsent.into_iter().collect(),
             Err(error) => {
                 first_error.get_or_insert(anyhow::Error::from(error));
@@ -53,73 +90,137 @@ pub async fn publish_tasks(state: &AppState, tasks: &[TaskRecord]) -> anyhow::Re
             .into_iter()
             .filter(|t| unsent.contains(&t.task_id))
             .collect();
-        match publish_endpoint_tasks(state, endpoint_id, &tasks).await {
-            Ok(count) => settled += count,
-            Err(error) => {
-                first_error.get_or_insert(error);
+        for chunk in tasks.chunks(PUBLISH_CHUNK_TASKS) {
+            match publish_endpoint_tasks(state, endpoint_id, chunk, codes).await {
+                Ok(count) => settled += count,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    break;
+                }
             }
         }
     }
     first_error.map_or(Ok(settled), Err)
 }
 
-/// Publishes one endpoint's tasks (its gate held) and settles each by its confirm;
-/// returns how many it settled.
+/// The most task messages built and published in one round of confirms, and the most
+/// bytes of them: a submit of 10,000 tasks of a large function is sent in pieces, so the
+/// messages in memory at once stay bounded whatever the submit expands to.
+const PUBLISH_CHUNK_TASKS: usize = 500;
+const PUBLISH_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Publishes some of one endpoint's tasks (its gate held) in rounds of at most
+/// [`PUBLISH_CHUNK_BYTES`], and settles each by its confirm; returns how many it
+/// settled. A task whose function is gone from the store fails with that reason.
 async fn publish_endpoint_tasks(
     state: &AppState,
-    endpoint_id: uuid::Uuid,
+    endpoint_id: Uuid,
     tasks: &[&TaskRecord],
+    codes: &mut FunctionCodes,
 ) -> anyhow::Result<usize> {
-    let mut bodies = Vec::with_capacity(tasks.len());
-    let mut routing = Vec::with_capacity(tasks.len());
-    let mut sent = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let Some(buffer) = &task.task_buffer else {
+    let mut settled = 0;
+    let mut rest = tasks;
+    while !rest.is_empty() {
+        let mut bodies = Vec::new();
+        let mut sent = Vec::new();
+        let mut orphans = Vec::new();
+        let mut bytes = 0;
+        let mut taken = 0;
+        for task in rest {
+            if bytes >= PUBLISH_CHUNK_BYTES {
+                break;
+            }
+            taken += 1;
+            let Some(buffer) = &task.task_buffer else {
+                continue;
+            };
+            let task_buffer = if task.buffer_is_payload {
+                match codes.get(state, task.function_id).await? {
+                    Some(code) => format!("{code}{buffer}"),
+                    None => {
+                        orphans.push(task.task_id);
+                        continue;
+                    }
+                }
+            } else {
+                buffer.clone()
+            };
+            let body = Message::Task(Task {
+                task_id: task.task_id,
+                container_id: None,
+                container: None,
+                task_buffer,
+            })
+            .pack();
+            bytes += body.len();
+            bodies.push((body, task_properties(task)));
+            sent.push(task.task_id);
+        }
+        rest = &rest[taken..];
+        if !orphans.is_empty() {
+            let failed = state
+                .store
+                .fail_unfinished_tasks(
+                    &orphans,
+                    FUNCTION_GONE_CODE,
+                    "the task's function is no longer stored, so the task cannot be sent",
+                )
+                .await?;
+            forward_failures(state, &failed).await;
+            settled += orphans.len();
+        }
+        if sent.is_empty() {
             continue;
-        };
-        let body = Message::Task(Task {
-            task_id: task.task_id,
-            container_id: None,
-            container: None,
-            task_buffer: buffer.clone(),
-        })
-        .pack();
-        let mut pairs = vec![
-            ("function_uuid", task.function_id.to_string()),
-            ("task_uuid", task.task_id.to_string()),
-        ];
-        if let Some(spec) = &task.resource_specification {
-            pairs.push(("resource_specification", spec.to_string()));
         }
-        let mut headers = headers(pairs);
-        if let Some(serializers) = &task.result_serializers {
-            headers.insert("result_serializers".into(), string_array(serializers));
-        }
-        let properties = BasicProperties::default()
-            .with_content_type("application/octet-stream".into())
-            .with_headers(headers);
-        bodies.push((body, properties));
-        routing.push(task_routing_key(task.endpoint_id));
-        sent.push(task.task_id);
+        let routing_key = task_routing_key(endpoint_id);
+        let outgoing: Vec<Outgoing<'_>> = bodies
+            .iter()
+            .map(|(body, properties)| Outgoing {
+                exchange: TASKS_EXCHANGE,
+                routing_key: &routing_key,
+                body,
+                properties: properties.clone(),
+            })
+            .collect();
+        let outcomes = state
+            .broker()
+            .await?
+            .publish_confirmed_each(&outgoing)
+            .await?;
+        drop(outgoing);
+        drop(bodies);
+        settled += settle_published(state, endpoint_id, sent, outcomes).await?;
     }
-    if sent.is_empty() {
-        return Ok(0);
+    Ok(settled)
+}
+
+/// The AMQP properties of a task message: the headers the official endpoint reads.
+fn task_properties(task: &TaskRecord) -> BasicProperties {
+    let mut pairs = vec![
+        ("function_uuid", task.function_id.to_string()),
+        ("task_uuid", task.task_id.to_string()),
+    ];
+    if let Some(spec) = &task.resource_specification {
+        pairs.push(("resource_specification", spec.to_string()));
     }
-    let outgoing: Vec<Outgoing<'_>> = bodies
-        .iter()
-        .zip(&routing)
-        .map(|((body, properties), key)| Outgoing {
-            exchange: TASKS_EXCHANGE,
-            routing_key: key,
-            body,
-            properties: properties.clone(),
-        })
-        .collect();
-    let outcomes = state
-        .broker()
-        .await?
-        .publish_confirmed_each(&outgoing)
-        .await?;
+    let mut headers = headers(pairs);
+    if let Some(serializers) = &task.result_serializers {
+        headers.insert("result_serializers".into(), string_array(serializers));
+    }
+    BasicProperties::default()
+        .with_content_type("application/octet-stream".into())
+        .with_headers(headers)
+}
+
+/// Settles published tasks by their confirms: confirmed ones leave the outbox,
+/// unroutable ones are settled by [`settle_unroutable`], and the rest stay for the
+/// outbox (the first such error is returned once the others are settled).
+async fn settle_published(
+    state: &AppState,
+    endpoint_id: Uuid,
+    sent: Vec<Uuid>,
+    outcomes: Vec<Result<(), gantry_broker::BrokerError>>,
+) -> anyhow::Result<usize> {
     let mut confirmed = Vec::with_capacity(sent.len());
     let mut unroutable = Vec::new();
     let mut first_error: Option<anyhow::Error> = None;
@@ -141,6 +242,9 @@ async fn publish_endpoint_tasks(
     }
     first_error.map_or(Ok(settled), Err)
 }
+
+/// The error code of tasks whose function was no longer stored when they were sent.
+pub const FUNCTION_GONE_CODE: &str = "FUNCTION_NOT_FOUND";
 
 /// The `result_serializers` header: an AMQP array of strings, which the endpoint
 /// iterates (a string there would be tried one character at a time). The stored value
@@ -322,7 +426,11 @@ pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Recei
             .await
         {
             Ok(tasks) if !tasks.is_empty() => {
-                match tokio::time::timeout(OUTBOX_PUBLISH_WAIT, publish_tasks(&state, &tasks)).await
+                match tokio::time::timeout(
+                    OUTBOX_PUBLISH_WAIT,
+                    publish_tasks(&state, &tasks, &mut FunctionCodes::default()),
+                )
+                .await
                 {
                     // A full batch all settled: more may be waiting, send them now.
                     Ok(Ok(settled)) if settled == OUTBOX_BATCH => continue,

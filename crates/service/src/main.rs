@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gantry_service::logging;
-use gantry_service::server::{ServeConfig, start};
+use gantry_service::server::{Limits, ServeConfig, start_with_limits};
 use gantry_store::Store;
 use serde_json::json;
 
@@ -85,6 +85,10 @@ struct ServeArgs {
     /// The largest request body accepted, in MiB.
     #[arg(long, default_value_t = 64)]
     max_body_mb: usize,
+    /// The most task messages one submit may make, in MiB: each task carries its
+    /// function's code and its payload, so a large function times many tasks multiplies.
+    #[arg(long, default_value_t = 1024)]
+    max_submit_expanded_mb: usize,
     /// How long endpoint access tokens stay valid, in seconds.
     #[arg(long, default_value_t = 172_800)]
     client_token_lifetime_s: i64,
@@ -228,6 +232,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_token_lifetime_s: args.client_token_lifetime_s,
         start_retry_after: std::time::Duration::from_secs(args.start_retry_after_s.max(1)),
     };
-    start(config).await?.run_until_signalled().await;
+    let limits = Limits {
+        max_submit_expanded_bytes: args.max_submit_expanded_mb.saturating_mul(1024 * 1024),
+    };
+    start_with_limits(config, limits)
+        .await?
+        .run_until_signalled()
+        .await;
     Ok(())
 }

@@ -39,6 +39,25 @@ pub struct ServeConfig {
     pub start_retry_after: std::time::Duration,
 }
 
+/// Limits on what one request may make the service and the broker hold, beyond
+/// [`ServeConfig::max_body_bytes`]; [`start`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The most bytes of task messages one submit may make. Every task's message carries
+    /// its function's code and its payload, so a large function submitted many times
+    /// multiplies (a 64 MiB function in 10,000 tasks would be 640 GiB); a submit past
+    /// this gets 413 (`--max-submit-expanded-mb`, 1024 MiB by default).
+    pub max_submit_expanded_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_submit_expanded_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
 /// A service running in this process (the binary and the tests use it).
 pub struct RunningService {
     /// The address it listens on (with the real port when asked for port 0).
@@ -136,17 +155,25 @@ fn public_amqp(config: &ServeConfig) -> anyhow::Result<(String, String)> {
 /// error never shows a password of the configured URLs (the caller prints it, and the
 /// service's output is its log), whoever wrote the message.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
+    start_with_limits(config, Limits::default()).await
+}
+
+/// [`start`] with other [`Limits`] than the defaults.
+pub async fn start_with_limits(
+    config: ServeConfig,
+    limits: Limits,
+) -> anyhow::Result<RunningService> {
     let urls = [
         config.database_url.clone(),
         config.amqp_url.clone(),
         config.amqp_admin_url.clone(),
     ];
-    start_configured(config)
+    start_configured(config, limits)
         .await
         .map_err(|error| anyhow::anyhow!("{}", scrub(format!("{error:#}"), &urls)))
 }
 
-async fn start_configured(config: ServeConfig) -> anyhow::Result<RunningService> {
+async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result<RunningService> {
     let store = Store::connect(&config.database_url)
         .await
         .with_context(|| {
@@ -176,6 +203,7 @@ async fn start_configured(config: ServeConfig) -> anyhow::Result<RunningService>
             vhost,
             broker_secret,
             max_body_bytes: config.max_body_bytes,
+            max_submit_expanded_bytes: limits.max_submit_expanded_bytes,
             client_token_lifetime_s: config.client_token_lifetime_s,
             start_retry_after_ms: i64::try_from(config.start_retry_after.as_millis())
                 .unwrap_or(i64::MAX),

@@ -22,6 +22,9 @@ pub struct ServiceSettings {
     pub broker_secret: String,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The most bytes of task messages one submit may make (see
+    /// [`crate::server::Limits`]).
+    pub max_submit_expanded_bytes: usize,
     /// How long client-credentials access tokens live, in seconds.
     pub client_token_lifetime_s: i64,
     /// How long a UEP's tasks may wait, with no start request answered, before the

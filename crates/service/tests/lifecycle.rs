@@ -17,6 +17,7 @@ use common::{
 };
 use gantry_test_endpoint::{Executor, StartBehaviour, run_mep};
 use serde_json::json;
+use uuid::Uuid;
 
 /// A UEP that says it stopped is offline at once, and the next submit starts it again
 /// at once: the outbox's retry is set to ten minutes here, so only an immediate start
@@ -372,4 +373,133 @@ async fn heartbeats_are_bounded_and_their_task_statuses_applied_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_are_bounded_and_their_task_statuses_applied_postgres() {
     heartbeats_are_bounded_and_their_task_statuses_applied(Backend::Postgres).await;
+}
+
+/// A submit keeps each task's payload once and its function's code once (not a copy of
+/// the code per task); the message the endpoint receives is still the code followed by
+/// the payload, also when the outbox sends it after the function was deleted. A submit
+/// whose messages would pass the configured limit gets 413 naming it, and stores
+/// nothing.
+async fn a_submit_keeps_its_function_once_and_is_bounded(backend: Backend) {
+    let limits = gantry_service::server::Limits {
+        max_submit_expanded_bytes: 4 * 1024 * 1024,
+    };
+    let service = TestService::start_with_limits(
+        backend,
+        false,
+        |config| config.max_body_bytes = 16 * 1024 * 1024,
+        limits,
+    )
+    .await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let alice = Rest::new(&service, &token);
+    let code =
+        gantry_protocol::packed::pack_buffers(&[&format!("01\n{}\n", "A".repeat(256 * 1024))]);
+    let (status, body) = alice
+        .post(
+            "/v3/functions",
+            json!({"function_name": "big", "function_code": code}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let function = body["function_uuid"].as_str().unwrap().to_owned();
+    let payloads = |count: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| {
+                gantry_protocol::packed::pack_buffers(&[&format!("00\nargs-{i}\n"), "00\nkw\n"])
+            })
+            .collect()
+    };
+    let submit = format!("/v3/endpoints/{}/submit", registered.endpoint_id);
+
+    // 20 tasks of a 256 KiB function: 5 MiB of messages, past the 4 MiB limit.
+    let group = Uuid::new_v4();
+    let (status, body) = alice
+        .post(
+            &submit,
+            json!({"task_group_id": group, "tasks": {&function: payloads(20)}}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["code"], "SUBMIT_TOO_LARGE");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("4 MiB") && message.contains("--max-submit-expanded-mb"),
+        "{message}"
+    );
+    assert_eq!(service.store().task_group_owner(group).await.unwrap(), None);
+
+    // 10 tasks fit. Their queue is gone, so they stay in the outbox: as payloads alone.
+    let admin = gantry_broker::Broker::connect(&service.config.amqp_url)
+        .await
+        .unwrap();
+    admin
+        .delete_queue(&gantry_broker::layout::task_queue(registered.endpoint_id))
+        .await
+        .unwrap();
+    admin.close().await;
+    let sent = payloads(10);
+    let (status, body) = alice
+        .post(&submit, json!({"tasks": {&function: sent}}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let ids: Vec<Uuid> = body["tasks"][&function]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().parse().unwrap())
+        .collect();
+    for (id, payload) in ids.iter().zip(&sent) {
+        let task = service.store().task(*id).await.unwrap().unwrap();
+        assert_eq!(task.task_buffer.as_deref(), Some(payload.as_str()), "{id}");
+        assert!(task.buffer_is_payload);
+    }
+
+    // The function is deleted; the outbox still sends each task whole.
+    let (status, body) = alice.delete(&format!("/v2/functions/{function}")).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let creds = gantry_test_endpoint::creds_of(&registered).unwrap();
+    let reader = gantry_broker::Broker::connect(&creds.task_queue_info.connection_url)
+        .await
+        .unwrap();
+    let mut messages = reader
+        .consume(&creds.task_queue_info.queue, "test-reader", 10)
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < ids.len() {
+        use futures_lite::StreamExt;
+        // The outbox waits 15 s before it sends what a submit could not.
+        let delivery = tokio::time::timeout(Duration::from_secs(60), messages.next())
+            .await
+            .expect("the outbox sends the tasks within a minute")
+            .unwrap()
+            .unwrap();
+        let gantry_protocol::messagepack::Message::Task(task) =
+            gantry_protocol::messagepack::Message::unpack(&delivery.data).unwrap()
+        else {
+            panic!("not a task message");
+        };
+        let at = ids.iter().position(|id| *id == task.task_id).unwrap();
+        assert_eq!(task.task_buffer, format!("{code}{}", sent[at]), "task {at}");
+        seen.insert(task.task_id);
+        delivery
+            .acker
+            .ack(gantry_broker::lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    reader.close().await;
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_keeps_its_function_once_and_is_bounded_sqlite() {
+    a_submit_keeps_its_function_once_and_is_bounded(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_keeps_its_function_once_and_is_bounded_postgres() {
+    a_submit_keeps_its_function_once_and_is_bounded(Backend::Postgres).await;
 }

@@ -71,7 +71,10 @@ impl Store {
     pub async fn connect(url: &str) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
-        let url = if is_sqlite && !url.contains("memory") && !url.contains("mode=") {
+        // An in-memory database is named so (`sqlite::memory:`); a file whose path merely
+        // contains the word must still be created.
+        let in_memory = url.contains(":memory:");
+        let url = if is_sqlite && !in_memory && !url.contains("mode=") {
             let separator = if url.contains('?') { '&' } else { '?' };
             format!("{url}{separator}mode=rwc")
         } else {
@@ -79,9 +82,21 @@ impl Store {
         };
         // SQLite allows one writer at a time; a small pool avoids busy errors while the
         // WAL journal keeps readers concurrent with it.
-        let max_connections = if is_sqlite { 4 } else { 16 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
+        // An in-memory database lives as long as its one connection: every connection
+        // would open a database of its own, so there is exactly one, kept for good.
+        let max_connections = match (is_sqlite, in_memory) {
+            (true, true) => 1,
+            (true, false) => 4,
+            (false, _) => 16,
+        };
+        let mut options = AnyPoolOptions::new().max_connections(max_connections);
+        if is_sqlite && in_memory {
+            options = options
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = options
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if is_sqlite {

@@ -82,8 +82,9 @@ pub struct NewTask {
     pub task_id: Uuid,
     /// The function it calls.
     pub function_id: Uuid,
-    /// The packed function, args and kwargs, as the endpoint receives them.
-    pub task_buffer: String,
+    /// Its payload: the packed args and kwargs. The endpoint receives the function's
+    /// code followed by this; the code is stored once, with the function.
+    pub payload: String,
 }
 
 /// A submit, checked and routed, as it is stored.
@@ -136,8 +137,12 @@ pub struct TaskRecord {
     pub submitted_endpoint_id: Uuid,
     /// Its state.
     pub status: TaskStatus,
-    /// The task message, while it is not yet confirmed on the broker.
+    /// The task message's buffer, while it is not yet confirmed on the broker: the
+    /// payload alone when [`TaskRecord::buffer_is_payload`] (the function's code goes
+    /// before it), else the whole buffer (tasks stored by earlier versions).
     pub task_buffer: Option<String>,
+    /// Whether `task_buffer` holds only the payload.
+    pub buffer_is_payload: bool,
     /// `resource_specification` of the submit.
     pub resource_specification: Option<Value>,
     /// `result_serializers` of the submit.
@@ -186,6 +191,7 @@ fn task_from_row(row: &AnyRow) -> StoreResult<TaskRecord> {
         submitted_endpoint_id: uuid("submitted_endpoint_id")?,
         status: TaskStatus::parse(&row.try_get::<String, _>("status")?)?,
         task_buffer: row.try_get("task_buffer")?,
+        buffer_is_payload: row.try_get::<i64, _>("buffer_is_payload")? != 0,
         resource_specification: parse_json(
             row.try_get("resource_specification")?,
             "resource specification",
@@ -242,6 +248,17 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The code of a function, deleted or not: what the outbox puts before the payload of
+    /// a task submitted before its function was deleted.
+    pub async fn function_code(&self, function_id: Uuid) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT function_code FROM functions WHERE function_id = $1")
+                .bind(function_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Looks a function up (a deleted one is gone).
@@ -342,7 +359,8 @@ impl Store {
             let mut sql = String::from(
                 "INSERT INTO tasks (task_id, seq, task_group_id, request_id, function_id, \
                    owner_identity_id, endpoint_id, submitted_endpoint_id, status, task_buffer, \
-                   resource_specification, result_serializers, created_at, result_queue) VALUES ",
+                   resource_specification, result_serializers, created_at, result_queue, \
+                   buffer_is_payload) VALUES ",
             );
             for row in 0..chunk.len() {
                 let p = row * COLUMNS;
@@ -350,7 +368,7 @@ impl Store {
                     sql.push(',');
                 }
                 sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'waiting-for-ep', ${}, ${}, ${}, {now}, {queue_flag})",
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'waiting-for-ep', ${}, ${}, ${}, {now}, {queue_flag}, 1)",
                     p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 9, p + 10, p + 11
                 ));
             }
@@ -365,7 +383,7 @@ impl Store {
                     .bind(owner.to_string())
                     .bind(endpoint_id.to_string())
                     .bind(submitted_endpoint_id.to_string())
-                    .bind(task.task_buffer.clone())
+                    .bind(task.payload.as_str())
                     .bind(spec.clone())
                     .bind(serializers.clone());
             }

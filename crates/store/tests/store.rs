@@ -299,7 +299,7 @@ async fn submits_results_and_failures_persist_across_reconnects() {
             .map(|i| NewTask {
                 task_id: Uuid::new_v4(),
                 function_id,
-                task_buffer: if i == 8 {
+                payload: if i == 8 {
                     large.clone()
                 } else {
                     format!("payload-{i}-é")
@@ -352,6 +352,7 @@ async fn submits_results_and_failures_persist_across_reconnects() {
         );
         assert_eq!(stored[7].task_buffer.as_deref(), Some("payload-7-é"));
         assert_eq!(stored[8].task_buffer.as_deref(), Some(large.as_str()));
+        assert!(stored.iter().all(|t| t.buffer_is_payload), "{backend}");
         assert_eq!(stored[0].resource_specification, Some(spec.clone()));
         assert_eq!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(), 450);
         let first_100: Vec<Uuid> = store
@@ -481,4 +482,19 @@ async fn settings_initialise_once() {
             .unwrap();
         assert_eq!((first.as_str(), second.as_str()), ("a", "a"));
     }
+}
+
+/// A SQLite file is created wherever it is asked for, also under a path that happens
+/// to contain the word "memory" (only `sqlite::memory:` is an in-memory database).
+#[tokio::test]
+async fn a_sqlite_file_is_created_whatever_its_path_says() {
+    let dir = gantry_testkit::fresh_temp_dir("memory-of-things");
+    let path = dir.join("service.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.add_user("alice").await.unwrap();
+    assert!(path.exists(), "{} was created", path.display());
+    let in_memory = Store::connect("sqlite::memory:").await.unwrap();
+    in_memory.add_user("alice").await.unwrap();
 }

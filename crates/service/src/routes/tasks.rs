@@ -36,7 +36,7 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     Path(endpoint_id): Path<String>,
-    ApiJson(request): ApiJson<SubmitRequest>,
+    ApiJson(mut request): ApiJson<SubmitRequest>,
 ) -> ApiResult<Json<SubmitResponse>> {
     caller.require_user()?;
     let endpoint_id = parse_id(&endpoint_id, "endpoint id")?;
@@ -64,7 +64,9 @@ pub async fn submit(
             format!("endpoint {endpoint_id} is locked and takes no new tasks"),
         ));
     }
-    let total: usize = request.tasks.values().map(Vec::len).sum();
+    // The payloads move out of the request: each is kept once, as the task's payload.
+    let submitted = std::mem::take(&mut request.tasks);
+    let total: usize = submitted.values().map(Vec::len).sum();
     if total > MAX_TASKS_PER_SUBMIT {
         return Err(ApiError::bad_request(
             "TOO_MANY_TASKS",
@@ -75,14 +77,33 @@ pub async fn submit(
     if let Some(serializers) = &request.result_serializers {
         check_result_serializers(serializers)?;
     }
+    // Stored with, and sent in a header of, every task of the submit.
+    if let Some(spec) = &request.resource_specification {
+        let size = Value::Object(spec.clone()).to_string().len();
+        if size > MAX_RESOURCE_SPECIFICATION_BYTES {
+            return Err(ApiError::bad_request(
+                "INVALID_RESOURCE_SPECIFICATION",
+                format!(
+                    "resource_specification is {size} bytes as JSON; it may be at most \
+                     {MAX_RESOURCE_SPECIFICATION_BYTES} (it goes with every task)"
+                ),
+            ));
+        }
+    }
 
-    // Check every function and payload before anything is written.
+    // Check every function and payload before anything is written. Nothing is built
+    // here: a task's message (the function's code, then its payload) is made only when
+    // it is published, a few at a time, so a large function times many tasks costs the
+    // broker, not this process, and the broker only up to the expansion limit.
+    let limit = state.settings.max_submit_expanded_bytes;
+    let mut expanded: usize = 0;
     let mut new_tasks = Vec::with_capacity(total);
     let mut task_ids: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
-    for (function_id, payloads) in &request.tasks {
+    let mut codes = Vec::with_capacity(submitted.len());
+    for (function_id, payloads) in submitted {
         let function = state
             .store
-            .function(*function_id)
+            .function(function_id)
             .await?
             .filter(|f| f.public || f.owner_identity_id == caller.identity_id())
             .ok_or_else(|| {
@@ -92,44 +113,32 @@ pub async fn submit(
                 )
             })?;
         if let Some(allowed) = &endpoint.allowed_functions
-            && !allowed.contains(function_id)
+            && !allowed.contains(&function_id)
         {
             return Err(ApiError::forbidden(
                 "FUNCTION_NOT_ALLOWED",
                 format!("function {function_id} is not allowed on endpoint {endpoint_id}"),
             ));
         }
-        let ids = task_ids.entry(*function_id).or_default();
-        for (index, payload) in payloads.iter().enumerate() {
-            match unpack_buffers(payload) {
-                Ok(buffers) if buffers.len() == 2 => {}
-                Ok(buffers) => {
-                    return Err(ApiError::bad_request(
-                        "INVALID_PAYLOAD",
-                        format!(
-                            "payload {index} of function {function_id} packs {} buffers; \
-                             a task payload packs exactly two (args, kwargs)",
-                            buffers.len()
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    return Err(ApiError::bad_request(
-                        "INVALID_PAYLOAD",
-                        format!(
-                            "payload {index} of function {function_id} is not packed buffers: {e}"
-                        ),
-                    ));
-                }
-            }
+        let code = function.function_code.len();
+        expanded = payloads.iter().fold(expanded, |sum, payload| {
+            sum.saturating_add(code).saturating_add(payload.len())
+        });
+        if expanded > limit {
+            return Err(submit_too_large(total, limit));
+        }
+        let ids = task_ids.entry(function_id).or_default();
+        for (index, payload) in payloads.into_iter().enumerate() {
+            check_payload(&payload, index, function_id)?;
             let task_id = Uuid::new_v4();
             ids.push(task_id);
             new_tasks.push(NewTask {
                 task_id,
-                function_id: *function_id,
-                task_buffer: format!("{}{payload}", function.function_code),
+                function_id,
+                payload,
             });
         }
+        codes.push((function_id, function.function_code));
     }
 
     let task_group_id = request.task_group_id.unwrap_or_else(Uuid::new_v4);
@@ -175,7 +184,7 @@ pub async fn submit(
     // The tasks are stored; from here on a broker failure delays them (the outbox
     // re-sends) but does not fail the submit, so the SDK never resubmits stored tasks.
     let stored: Vec<TaskRecord> = new_tasks
-        .iter()
+        .into_iter()
         .map(|t| TaskRecord {
             task_id: t.task_id,
             task_group_id,
@@ -184,7 +193,8 @@ pub async fn submit(
             endpoint_id: route.target,
             submitted_endpoint_id: endpoint_id,
             status: gantry_store::TaskStatus::WaitingForEp,
-            task_buffer: Some(t.task_buffer.clone()),
+            task_buffer: Some(t.payload),
+            buffer_is_payload: true,
             resource_specification: spec.clone(),
             result_serializers: serializers.clone(),
             result: None,
@@ -200,7 +210,9 @@ pub async fn submit(
     // The tasks are safe in the database; a broker that is slow to confirm (a memory
     // alarm, a reconnect) must not hold the submit, or the SDK retries it. The outbox
     // sends what this did not.
-    match tokio::time::timeout(PUBLISH_WAIT, dispatch::publish_tasks(&state, &stored)).await {
+    let mut codes = dispatch::FunctionCodes::known(codes);
+    let publishing = dispatch::publish_tasks(&state, &stored, &mut codes);
+    match tokio::time::timeout(PUBLISH_WAIT, publishing).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             tracing::warn!(%error, tasks = stored.len(), "tasks stored; the outbox will send them");
@@ -337,6 +349,43 @@ pub fn task_status(task: &TaskRecord) -> TaskStatusResponse {
         details: task.details.clone(),
     }
 }
+
+/// A payload must pack exactly two buffers (args, kwargs).
+fn check_payload(payload: &str, index: usize, function_id: Uuid) -> ApiResult<()> {
+    match unpack_buffers(payload) {
+        Ok(buffers) if buffers.len() == 2 => Ok(()),
+        Ok(buffers) => Err(ApiError::bad_request(
+            "INVALID_PAYLOAD",
+            format!(
+                "payload {index} of function {function_id} packs {} buffers; \
+                 a task payload packs exactly two (args, kwargs)",
+                buffers.len()
+            ),
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "INVALID_PAYLOAD",
+            format!("payload {index} of function {function_id} is not packed buffers: {e}"),
+        )),
+    }
+}
+
+/// 413 for a submit whose task messages would pass the configured limit.
+fn submit_too_large(tasks: usize, limit: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "SUBMIT_TOO_LARGE",
+        format!(
+            "these {tasks} tasks would make more than {} MiB of task messages (each carries \
+             its function's code and its payload), the most this service takes in one \
+             submit (gantry-service serve --max-submit-expanded-mb); submit fewer tasks \
+             at a time, or pass large data other than in every task",
+            limit / (1024 * 1024)
+        ),
+    )
+}
+
+/// The largest `resource_specification` a submit may carry, as JSON.
+const MAX_RESOURCE_SPECIFICATION_BYTES: usize = 16 * 1024;
 
 /// The most result serializers one submit may name, and the longest name.
 const MAX_RESULT_SERIALIZERS: usize = 16;

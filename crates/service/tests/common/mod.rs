@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use gantry_broker_accounts::management::Management;
-use gantry_service::server::{RunningService, ServeConfig, start};
+use gantry_service::server::{Limits, RunningService, ServeConfig, start_with_limits};
 use serde_json::Value;
 
 /// Which database a test runs against.
@@ -25,6 +25,7 @@ pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 pub struct TestService {
     pub service: Option<RunningService>,
     pub config: ServeConfig,
+    pub limits: Limits,
     pub vhost: String,
     _port_lock: Option<File>,
 }
@@ -71,6 +72,16 @@ impl TestService {
         sdk_port: bool,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> TestService {
+        TestService::start_with_limits(backend, sdk_port, configure, Limits::default()).await
+    }
+
+    /// Starts a service with settings changed by `configure`, and these limits.
+    pub async fn start_with_limits(
+        backend: Backend,
+        sdk_port: bool,
+        configure: impl FnOnce(&mut ServeConfig),
+        limits: Limits,
+    ) -> TestService {
         install_test_logging();
         gantry_testkit::require_service("RabbitMQ", &gantry_testkit::amqp_host());
         let database_url = match backend {
@@ -98,10 +109,13 @@ impl TestService {
             start_retry_after: std::time::Duration::from_secs(3),
         };
         configure(&mut config);
-        let service = start(config.clone()).await.expect("the service starts");
+        let service = start_with_limits(config.clone(), limits.clone())
+            .await
+            .expect("the service starts");
         TestService {
             service: Some(service),
             config,
+            limits,
             vhost,
             _port_lock: port_lock,
         }
@@ -126,7 +140,11 @@ impl TestService {
         running.stop().await;
         let mut config = self.config.clone();
         config.listen = addr;
-        self.service = Some(start(config).await.expect("the service starts again"));
+        self.service = Some(
+            start_with_limits(config, self.limits.clone())
+                .await
+                .expect("the service starts again"),
+        );
     }
 
     /// Stops the service and removes the test's vhost and its accounts.
