@@ -1049,3 +1049,81 @@ async fn a_mep_run_by_a_user_serves_only_identities_that_map_to_that_user() {
     cleanup_uep_dirs(mep_id);
     service.stop().await;
 }
+
+/// Closes every AMQP connection of the test's vhost through the management API, as a
+/// broker restart or a network cut would.
+async fn close_broker_connections(vhost: &str) -> usize {
+    let http = reqwest::Client::new();
+    let base = "http://127.0.0.1:15672/api";
+    // The management API lists connections with a delay of a few seconds: wait until
+    // the service's, the MEP's and the UEP's are there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let connections: Vec<Value> = loop {
+        let listed: Vec<Value> = http
+            .get(format!("{base}/vhosts/{vhost}/connections"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed.len() >= 3 || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for connection in &connections {
+        let name = connection["name"].as_str().unwrap();
+        let encoded: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        http.delete(format!("{base}/connections/{encoded}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap();
+    }
+    connections.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mep_and_its_ueps_reconnect_when_the_broker_drops_them() {
+    require_root();
+    ensure_users();
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, alice) = service.user("alice@example.org").await;
+    let mep = start_mep(&service).await;
+    let mep_id = mep.id().unwrap();
+    let config = json!({"ACCOUNT_ID": "60", "HB": 1});
+    let first = submit("probe", &alice, mep_id, config.clone()).await;
+    assert_eq!(first["result"]["user"], ALICE, "{first}\n{}", mep.log());
+    let before = uep_pids(ALICE, mep_id);
+    assert_eq!(before.len(), 1);
+    // Every connection of the deployment goes: the service's, the MEP's and the UEP's.
+    let closed = close_broker_connections(&service.vhost).await;
+    assert!(
+        closed >= 3,
+        "expected the service's, the MEP's and the UEP's connections, closed {closed}"
+    );
+    // They come back by themselves, and the running UEP is kept, not restarted.
+    let second = submit("probe", &alice, mep_id, config).await;
+    assert_eq!(second["result"]["user"], ALICE, "{second}\n{}", mep.log());
+    assert_eq!(
+        uep_pids(ALICE, mep_id),
+        before,
+        "the UEP was restarted instead of reconnecting"
+    );
+    assert_eq!(service.store().ueps_of(mep_id).await.unwrap().len(), 1);
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
