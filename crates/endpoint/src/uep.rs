@@ -620,6 +620,38 @@ fn header_str(delivery: &Delivery, name: &str) -> Option<String> {
     }
 }
 
+/// The `result_serializers` header: an AMQP array of strings (SPEC §3). `Ok(None)` when
+/// absent; a lone string is taken as a list of one; anything else is refused with why.
+fn header_strings(delivery: &Delivery, name: &str) -> Result<Option<Vec<String>>, String> {
+    let Some(value) = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+    else {
+        return Ok(None);
+    };
+    let text = |item: &AMQPValue| match item {
+        AMQPValue::LongString(s) => Ok(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Ok(s.as_str().to_owned()),
+        other => Err(format!(
+            "the task's {name} header must list import paths of serialization strategies \
+             (strings), but it holds {other:?}; submit with result_serializers such as \
+             [\"globus_compute_sdk.serialize.JSONData\"]"
+        )),
+    };
+    match value {
+        AMQPValue::FieldArray(items) => items
+            .as_slice()
+            .iter()
+            .map(text)
+            .collect::<Result<_, _>>()
+            .map(Some),
+        AMQPValue::Void => Ok(None),
+        single => text(single).map(|path| Some(vec![path])),
+    }
+}
+
 /// What became of a delivery from the task queue.
 enum Accepted {
     /// A task for the engine.
@@ -663,10 +695,21 @@ fn accept(delivery: &Delivery, allowed: &Option<HashSet<Uuid>>) -> Accepted {
     }
     let resource_specification =
         header_str(delivery, "resource_specification").and_then(|s| serde_json::from_str(&s).ok());
+    let result_serializers = match header_strings(delivery, "result_serializers") {
+        Ok(serializers) => serializers,
+        Err(message) => {
+            return Accepted::Refused(Box::new(refusal(
+                task.task_id,
+                gantry_engine::codes::INVALID_RESULT_SERIALIZERS,
+                &message,
+            )));
+        }
+    };
     Accepted::Task(EngineTask {
         task_id: task.task_id,
         task_buffer: task.task_buffer,
         resource_specification,
+        result_serializers,
     })
 }
 
@@ -697,7 +740,8 @@ fn result_message(result: EngineResult, endpoint_id: Uuid) -> TaskResult {
         state: TaskState::ExecEnd,
         actor: ActorName::Worker,
     });
-    let mut details = Map::new();
+    // The worker's environment, as the official endpoint reports it, and this endpoint.
+    let mut details = result.details;
     details.insert("endpoint_id".into(), json!(endpoint_id));
     TaskResult {
         task_id: result.task_id,
@@ -705,6 +749,83 @@ fn result_message(result: EngineResult, endpoint_id: Uuid) -> TaskResult {
         details: Some(details),
         error_details: result.error,
         task_statuses: Some(task_statuses),
+    }
+}
+
+#[cfg(test)]
+mod task_header_tests {
+    #![allow(clippy::unwrap_used)]
+    use gantry_broker::lapin::types::{FieldArray, FieldTable};
+    use gantry_protocol::messagepack::Task;
+
+    use super::*;
+
+    fn delivery(task_id: Uuid, serializers: Option<AMQPValue>) -> Delivery {
+        let body = Message::Task(Task {
+            task_id,
+            container_id: None,
+            container: None,
+            task_buffer: "buffer".into(),
+        })
+        .pack();
+        let mut headers = FieldTable::default();
+        if let Some(value) = serializers {
+            headers.insert("result_serializers".into(), value);
+        }
+        let mut delivery = Delivery::mock(1, "".into(), "".into(), false, body);
+        delivery.properties = BasicProperties::default().with_headers(headers);
+        delivery
+    }
+
+    #[test]
+    fn the_result_serializers_header_reaches_the_engine() {
+        let id = Uuid::new_v4();
+        let paths = ["globus_compute_sdk.serialize.JSONData", "x.Y"];
+        let array = AMQPValue::FieldArray(FieldArray::from(
+            paths
+                .iter()
+                .map(|p| AMQPValue::LongString((*p).into()))
+                .collect::<Vec<_>>(),
+        ));
+        let Accepted::Task(task) = accept(&delivery(id, Some(array)), &None) else {
+            panic!("the task was not accepted");
+        };
+        assert_eq!(
+            task.result_serializers,
+            Some(paths.map(String::from).to_vec())
+        );
+        let Accepted::Task(task) = accept(&delivery(id, None), &None) else {
+            panic!("the task was not accepted");
+        };
+        assert_eq!(task.result_serializers, None);
+        // Not strings: the task fails saying what the header must hold.
+        let bad = AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(3)]));
+        let Accepted::Refused(refused) = accept(&delivery(id, Some(bad)), &None) else {
+            panic!("a malformed header was accepted");
+        };
+        let error = refused.error_details.unwrap();
+        assert_eq!(error.code, gantry_engine::codes::INVALID_RESULT_SERIALIZERS);
+        assert!(error.user_message.contains("import paths"), "{error:?}");
+    }
+
+    #[test]
+    fn a_result_carries_the_workers_environment_and_the_endpoint_id() {
+        let endpoint_id = Uuid::new_v4();
+        let mut details = Map::new();
+        details.insert("python_version".into(), json!("3.11.2"));
+        details.insert("dill_version".into(), json!("0.3.9"));
+        let result = EngineResult {
+            task_id: Uuid::new_v4(),
+            data: "11\nnull".into(),
+            error: None,
+            started: None,
+            finished: SystemTime::now(),
+            details,
+        };
+        let details = result_message(result, endpoint_id).details.unwrap();
+        assert_eq!(details["python_version"], "3.11.2");
+        assert_eq!(details["dill_version"], "0.3.9");
+        assert_eq!(details["endpoint_id"], json!(endpoint_id));
     }
 }
 

@@ -33,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             task_id: uuid::Uuid::new_v4(),
             task_buffer: buffer.as_str().unwrap_or_default().to_owned(),
             resource_specification: None,
+            result_serializers: None,
         })?;
     }
     let stdin_closed = tokio::task::spawn_blocking(|| {

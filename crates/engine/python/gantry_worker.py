@@ -7,9 +7,13 @@ unpacks the function and its arguments exactly as the SDK packed them.
 The pool talks to it over stdin and stdout, one JSON object per line:
 
 * worker -> pool, once at start: ``{"type": "hello", "python": "3.11.2", "executable",
-  "pid", "sdk": "4.19.0"}``, or ``"sdk_error"`` instead of ``"sdk"`` when the SDK cannot
-  be imported, or ``"config_error"`` when the configuration cannot be used;
-* pool -> worker: ``{"task_id", "task_buffer"}``;
+  "pid", "sdk": "4.19.0", "details"}``, or ``"sdk_error"`` instead of ``"sdk"`` when the
+  SDK cannot be imported, or ``"config_error"`` when the configuration cannot be used;
+  ``details`` is the environment the official worker reports in each result's
+  ``details`` (``os``, ``python_version``, ``dill_version``,
+  ``globus_compute_sdk_version``), which the SDK compares with its own;
+* pool -> worker: ``{"task_id", "task_buffer", "result_serializers"}``, the last
+  ``null`` or a list of import paths of SDK serialization strategies for the result;
 * worker -> pool: ``{"type": "result", "task_id", "data", "error"}``, where ``error`` is
   ``null`` or ``{"code", "user_message"}`` and ``data`` then holds the traceback.
 
@@ -89,6 +93,7 @@ def _hello(config):
         info["sdk_error"] = f"{type(e).__name__}: {e}"
         return info, None
     info["sdk"] = getattr(globus_compute_sdk, "__version__", "unknown")
+    info["details"] = _environment(info["sdk"])
     try:
         allowed = config.get("allowed_serializers") or None
         serde = ComputeSerializer(allowed_deserializer_types=allowed)
@@ -96,6 +101,27 @@ def _hello(config):
         info["config_error"] = f"allowed_serializers cannot be used: {type(e).__name__}: {e}"
         return info, None
     return info, serde
+
+
+def _environment(sdk_version):
+    # The same facts, under the same keys, as the SDK's own environment report: the SDK
+    # warns about any difference (a dill or Python mismatch breaks deserialization).
+    try:
+        import dill
+
+        dill_version = dill.__version__
+    except Exception:
+        dill_version = "unknown"
+    return {
+        "os": platform.platform(),
+        "python_version": platform.python_version(),
+        "dill_version": dill_version,
+        "globus_compute_sdk_version": sdk_version,
+    }
+
+
+class ResultSerializerError(Exception):
+    """None of the task's result_serializers could serialize its result."""
 
 
 def _unpack(serde, task_buffer):
@@ -107,11 +133,51 @@ def _unpack(serde, task_buffer):
     return tuple(serde.deserialize(b) for b in buffers)
 
 
-def _serialize(serde, value):
-    # As the official worker: the default data strategy, or code for a callable.
-    if hasattr(serde, "serialize_from_list"):
-        return serde.serialize_from_list(value, ())
-    return serde.serialize(value)
+def _serialize(serde, value, strategies):
+    # As the official worker: the default data strategy, or code for a callable; or the
+    # first of the submitter's strategies that can serialize the value.
+    if not strategies:
+        if hasattr(serde, "serialize_from_list"):
+            return serde.serialize_from_list(value, ())
+        return serde.serialize(value)
+    if not hasattr(serde, "serialize_from_list"):
+        raise ResultSerializerError(
+            "result_serializers were requested, but the workers' globus-compute-sdk "
+            f"{_sdk_version()} cannot choose a result serializer; install a newer "
+            "globus-compute-sdk where the workers run, or submit without result_serializers"
+        )
+    # One at a time, so that each failure can be told apart in the message.
+    failures = []
+    for strategy in strategies:
+        try:
+            return serde.serialize_from_list(value, [strategy])
+        except Exception as e:
+            failures.append(f"  {strategy!r}: {_why(e)}")
+    raise ResultSerializerError(
+        f"the task's result ({type(value).__name__}) could not be serialized with any of "
+        "its result_serializers (import paths of globus_compute_sdk serialization "
+        "strategies, e.g. 'globus_compute_sdk.serialize.JSONData'):\n" + "\n".join(failures)
+    )
+
+
+def _why(error):
+    # serialize_from_list raises "All strategies failed" from a group holding the real
+    # reason, which may itself come from an import error: name the innermost two.
+    cause = error.__cause__
+    inner = (getattr(cause, "exceptions", None) or [cause or error])[0]
+    text = f"{type(inner).__name__}: {inner}"
+    if inner.__cause__ is not None:
+        text += f" ({type(inner.__cause__).__name__}: {inner.__cause__})"
+    return text
+
+
+def _sdk_version():
+    try:
+        import globus_compute_sdk
+
+        return getattr(globus_compute_sdk, "__version__", "unknown")
+    except Exception:
+        return "unknown"
 
 
 def _traceback_text(exc, limit):
@@ -136,7 +202,7 @@ def _failure(task_id, code, user_message, data):
     }
 
 
-def run_task(serde, config, task_id, task_buffer):
+def run_task(serde, config, task_id, task_buffer, result_serializers=None):
     """Runs one task and returns its result message; never raises."""
     os.environ["GC_TASK_UUID"] = task_id
     os.environ.pop("GC_TASK_SANDBOX_DIR", None)
@@ -149,7 +215,7 @@ def run_task(serde, config, task_id, task_buffer):
         os.makedirs(task_dir, exist_ok=True)
         os.chdir(task_dir)
         function, args, kwargs = _unpack(serde, task_buffer)
-        data = _serialize(serde, function(*args, **kwargs))
+        data = _serialize(serde, function(*args, **kwargs), result_serializers)
         if len(data) > limit:
             return _failure(
                 task_id,
@@ -159,6 +225,13 @@ def run_task(serde, config, task_id, task_buffer):
                 f"of {limit}B; return less data, or write it to a file and return its path",
             )
         return {"type": "result", "task_id": task_id, "data": data, "error": None}
+    except ResultSerializerError as e:
+        return _failure(
+            task_id,
+            "RemoteExecutionError",
+            "An error occurred during the execution of this task",
+            f"ResultSerializerError: {e}",
+        )
     except (Exception, SystemExit) as e:
         # SystemExit too: a task that calls sys.exit() fails; the worker carries on.
         return _failure(
@@ -184,8 +257,8 @@ def main():
 
         executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gantry-task")
 
-    def run_and_reply(task_id, task_buffer):
-        channel.send(run_task(serde, config, task_id, task_buffer))
+    def run_and_reply(task_id, task_buffer, result_serializers):
+        channel.send(run_task(serde, config, task_id, task_buffer, result_serializers))
 
     for line in proto_in:
         if not line.strip():
@@ -193,13 +266,14 @@ def main():
         try:
             request = json.loads(line)
             task_id, task_buffer = request["task_id"], request["task_buffer"]
+            result_serializers = request.get("result_serializers") or None
         except Exception as e:
             print(f"gantry worker: ignoring a malformed request: {e}", file=sys.stderr)
             continue
         if executor is None:
-            run_and_reply(task_id, task_buffer)
+            run_and_reply(task_id, task_buffer, result_serializers)
         else:
-            executor.submit(run_and_reply, task_id, task_buffer)
+            executor.submit(run_and_reply, task_id, task_buffer, result_serializers)
     # The pool closed the pipe: stop now, without waiting for threads still running.
     sys.stderr.flush()
     os._exit(0)

@@ -18,3 +18,5 @@ pub const WORKER_START_FAILED: &str = "WorkerStartFailed";
 pub const INVALID_RESOURCE_SPECIFICATION: &str = "InvalidResourceSpecification";
 /// The task buffer is too large to send to a worker pool.
 pub const TASK_TOO_LARGE: &str = "TaskTooLarge";
+/// The task's `result_serializers` header is not a list of import paths.
+pub const INVALID_RESULT_SERIALIZERS: &str = "InvalidResultSerializers";

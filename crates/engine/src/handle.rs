@@ -20,6 +20,7 @@
 //!             error: None,
 //!             started: None,
 //!             finished: std::time::SystemTime::now(),
+//!             details: Default::default(),
 //!         };
 //!         if side.events.send(EngineEvent::Finished(result)).await.is_err() {
 //!             break;
@@ -50,6 +51,11 @@ pub struct EngineTask {
     pub task_buffer: String,
     /// The task's `resource_specification` header, if it had one.
     pub resource_specification: Option<serde_json::Value>,
+    /// The task's `result_serializers` header: import paths of the SDK serialization
+    /// strategies the submitter wants the result in (e.g.
+    /// `globus_compute_sdk.serialize.JSONData`), tried in order, the first that
+    /// serializes the value winning. `None` or empty: the SDK's defaults.
+    pub result_serializers: Option<Vec<String>>,
 }
 
 /// The outcome of one task, success or failure, ready to become a `result` message.
@@ -66,6 +72,11 @@ pub struct EngineResult {
     pub started: Option<SystemTime>,
     /// When the engine learned the outcome.
     pub finished: SystemTime,
+    /// The environment of the worker that ran it, as the official worker reports it in
+    /// a result's `details` (`os`, `python_version`, `dill_version`,
+    /// `globus_compute_sdk_version`), so that the SDK can warn when it differs from the
+    /// submitter's. Empty when no worker ran the task or none reported.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What an engine reports, in the order it happened.

@@ -33,7 +33,12 @@
 //! };
 //! let mut engine = start_engine(&config, env).await?;
 //! # let (task_id, task_buffer) = (uuid::Uuid::new_v4(), String::new());
-//! engine.submit(EngineTask { task_id, task_buffer, resource_specification: None })?;
+//! engine.submit(EngineTask {
+//!     task_id,
+//!     task_buffer,
+//!     resource_specification: None,
+//!     result_serializers: None,
+//! })?;
 //! while let Some(event) = engine.next_event().await {
 //!     if let EngineEvent::Finished(result) = event {
 //!         println!("{} finished: error {:?}", result.task_id, result.error);

@@ -13,7 +13,7 @@
 //! 3. UEP → pool `welcome {proof, config}` (the UEP's proof, so the pool knows it is not
 //!    talking to an impostor on a reused port, and how to run workers) or
 //!    `refused {reason}`;
-//! 4. pool → UEP `ready {workers, python, ...}` once its workers reported in, or
+//! 4. pool → UEP `ready {workers, python, ..., details}` once its workers reported in, or
 //!    `failed {message}` if they cannot start (then it exits);
 //! 5. then `task` from the UEP, `started` / `result` / `lost` from the pool, `heartbeat`
 //!    both ways every [`crate::limits::HEARTBEAT_PERIOD`], and finally `shutdown`.
@@ -43,8 +43,14 @@ pub(crate) enum ToPool {
     Welcome { proof: String, config: PoolConfig },
     /// The pool is not welcome (bad proof, unknown block, other version).
     Refused { reason: String },
-    /// Run this task.
-    Task { task_id: Uuid, task_buffer: String },
+    /// Run this task; its result is serialized with the first of `result_serializers`
+    /// (import paths of SDK strategies) that can, or with the SDK's defaults.
+    Task {
+        task_id: Uuid,
+        task_buffer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result_serializers: Option<Vec<String>>,
+    },
     /// The UEP is alive.
     Heartbeat,
     /// Stop the workers and exit.
@@ -70,6 +76,10 @@ pub(crate) enum FromPool {
         sdk: String,
         host: String,
         pid: u32,
+        /// The workers' environment as a result's `details` reports it (`os`,
+        /// `python_version`, `dill_version`, `globus_compute_sdk_version`).
+        #[serde(default)]
+        details: serde_json::Map<String, serde_json::Value>,
     },
     /// The pool cannot run tasks (no Python, no SDK, wrong Python); it exits next.
     Failed { message: String },

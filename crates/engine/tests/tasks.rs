@@ -284,3 +284,86 @@ async fn a_thread_pool_runs_max_workers_tasks_at_once() {
     assert!(results.values().all(|r| r.error.is_none()));
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn results_carry_the_workers_environment() {
+    let buffers = make_tasks(&[case("add", json!([1, 2])), case("fails", json!(["x"]))]);
+    let mut engine = start(json!({
+        "type": "ProcessPoolEngine", "max_workers": 1, "worker_python": venv_python()
+    }))
+    .await;
+    let ids = engine.submit_all(&buffers);
+    let results = engine.results(&ids).await;
+    let expected = venv_environment();
+    // Success or failure, the SDK compares these with its own and warns of differences.
+    for id in &ids {
+        let details = &results[id].details;
+        for key in [
+            "os",
+            "python_version",
+            "dill_version",
+            "globus_compute_sdk_version",
+        ] {
+            assert_eq!(
+                details.get(key),
+                Some(&expected[key]),
+                "{key} in {details:?}"
+            );
+        }
+    }
+    assert_eq!(code(&results[&ids[1]]), codes::REMOTE_EXECUTION_ERROR);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn result_serializers_choose_how_the_result_is_serialized() {
+    const JSON: &str = "globus_compute_sdk.serialize.JSONData";
+    let buffers = make_tasks(&[case("add", json!([1, 2])), case("as_set", json!([1]))]);
+    let (add, as_set) = (&buffers[0], &buffers[1]);
+    let mut engine = start(json!({
+        "type": "ThreadPoolEngine", "max_workers": 1, "worker_python": venv_python()
+    }))
+    .await;
+    let json_id = engine.submit_serialized(add, &[JSON]);
+    let default_id = engine.submit_with(add, None);
+    // The first strategy that works wins, as in the official worker.
+    let fallback_id = engine.submit_serialized(add, &["no_such_module.Strategy", JSON]);
+    let unknown_id = engine.submit_serialized(add, &["no_such_module.Strategy"]);
+    let unfit_id = engine.submit_serialized(as_set, &[JSON]);
+    let ids = [json_id, default_id, fallback_id, unknown_id, unfit_id];
+    let results = engine.results(&ids).await;
+
+    let json = &results[&json_id];
+    assert_eq!(code(json), "", "{}", json.data);
+    assert_eq!(json.data, "11\n{\"sum\": 3}");
+    assert_eq!(decode(&[&json.data])[0], json!({"sum": 3}));
+    let default = &results[&default_id];
+    assert_eq!(code(default), "", "{}", default.data);
+    assert!(!default.data.starts_with("11\n"), "{}", default.data);
+    assert_eq!(decode(&[&default.data])[0], json!({"sum": 3}));
+    let fallback = &results[&fallback_id];
+    assert_eq!(fallback.data, "11\n{\"sum\": 3}", "{fallback:?}");
+
+    let unknown = &results[&unknown_id];
+    assert_eq!(
+        code(unknown),
+        codes::REMOTE_EXECUTION_ERROR,
+        "{}",
+        unknown.data
+    );
+    assert!(
+        unknown.data.contains("result_serializers")
+            && unknown.data.contains("'no_such_module.Strategy'")
+            && unknown.data.contains("No module named 'no_such_module'"),
+        "{}",
+        unknown.data
+    );
+    let unfit = &results[&unfit_id];
+    assert_eq!(code(unfit), codes::REMOTE_EXECUTION_ERROR, "{}", unfit.data);
+    assert!(
+        unfit.data.contains(JSON) && unfit.data.contains("not JSON serializable"),
+        "{}",
+        unfit.data
+    );
+    engine.shutdown().await;
+}

@@ -58,6 +58,7 @@ pub(crate) fn echo_engine(completed: Arc<AtomicUsize>) -> EngineHandle {
                 error: None,
                 started: Some(at),
                 finished: SystemTime::now(),
+                details: Default::default(),
             });
             // A closed channel means the UEP dropped its handle: nothing to answer to.
             if side.events.send(started).await.is_err() || side.events.send(finished).await.is_err()
@@ -197,6 +198,7 @@ mod tests {
             task_id: Uuid::new_v4(),
             task_buffer: "irrelevant".into(),
             resource_specification: None,
+            result_serializers: None,
         }
     }
 
@@ -224,6 +226,10 @@ mod tests {
             assert_eq!(result.data, "11\nnull");
             assert_eq!(result.error, None);
             assert_eq!(result.started, Some(*at));
+            assert!(
+                result.details.is_empty(),
+                "no worker, no worker environment"
+            );
         }
         // The count follows the send of the Finished event; wait for the engine to idle.
         while engine.status().outstanding > 0 {

@@ -84,6 +84,13 @@ enum SlotState {
     Dying,
 }
 
+/// A task from the UEP waiting for a worker.
+struct QueuedTask {
+    task_id: Uuid,
+    task_buffer: String,
+    result_serializers: Option<Vec<String>>,
+}
+
 struct RunningTask {
     started: SystemTime,
     deadline: Option<Instant>,
@@ -109,7 +116,7 @@ struct Pool {
     task_timeout: Option<Duration>,
     slots: Vec<Slot>,
     next_generation: u64,
-    queue: VecDeque<(Uuid, String)>,
+    queue: VecDeque<QueuedTask>,
     announced: bool,
     events_tx: mpsc::Sender<WorkerEvent>,
     events: mpsc::Receiver<WorkerEvent>,
@@ -330,8 +337,8 @@ impl Pool {
             tokio::select! {
                 message = self.incoming.recv() => match message {
                     None => return Err(Stop::UepGone("the connection to the UEP ended".into())),
-                    Some(ToPool::Task { task_id, task_buffer }) => {
-                        self.queue.push_back((task_id, task_buffer));
+                    Some(ToPool::Task { task_id, task_buffer, result_serializers }) => {
+                        self.queue.push_back(QueuedTask { task_id, task_buffer, result_serializers });
                         self.assign().await?;
                     }
                     Some(ToPool::Shutdown) => {
@@ -384,12 +391,21 @@ impl Pool {
             else {
                 return Ok(());
             };
-            let Some((task_id, task_buffer)) = self.queue.pop_front() else {
+            let Some(QueuedTask {
+                task_id,
+                task_buffer,
+                result_serializers,
+            }) = self.queue.pop_front()
+            else {
                 return Ok(());
             };
-            let mut line = json!({"task_id": task_id, "task_buffer": task_buffer})
-                .to_string()
-                .into_bytes();
+            let mut line = json!({
+                "task_id": task_id,
+                "task_buffer": task_buffer,
+                "result_serializers": result_serializers,
+            })
+            .to_string()
+            .into_bytes();
             line.push(b'\n');
             let started = SystemTime::now();
             slot.running.insert(
@@ -501,6 +517,7 @@ impl Pool {
             sdk: first.sdk.clone().unwrap_or_default(),
             host: self.host.clone(),
             pid: std::process::id(),
+            details: first.details.clone(),
         };
         self.announced = true;
         self.send(ready).await

@@ -74,6 +74,9 @@ pub(crate) struct Hello {
     pub sdk: Option<String>,
     pub sdk_error: Option<String>,
     pub config_error: Option<String>,
+    /// Its environment, for results' `details` (see [`crate::EngineResult::details`]).
+    #[serde(default)]
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How to start workers; the same for every worker of a pool except the environment.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gantry_protocol::messagepack::ResultErrorDetails;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -62,6 +62,8 @@ enum Link {
     Ready {
         sender: mpsc::Sender<ToPool>,
         workers: usize,
+        /// Its workers' environment, for the `details` of the results it sends.
+        details: Arc<Map<String, Value>>,
     },
     /// Stopped or failed; waiting for the provider to report its end.
     Gone,
@@ -100,6 +102,8 @@ struct Held {
     started: Option<SystemTime>,
     /// Why its workers were lost, one line per attempt.
     losses: Vec<String>,
+    /// The environment of the workers of the block it was last given to.
+    details: Option<Arc<Map<String, Value>>>,
 }
 
 pub(crate) struct Engine<P: Provider> {
@@ -211,16 +215,20 @@ impl<P: Provider> Engine<P> {
     }
 
     fn finish(&mut self, task_id: Uuid, data: String, error: Option<ResultErrorDetails>) {
-        let started = self.tasks.remove(&task_id).and_then(|held| {
-            self.pending.remove(&(held.key.0, held.key.1, task_id));
-            held.started
-        });
+        let (started, details) = match self.tasks.remove(&task_id) {
+            Some(held) => {
+                self.pending.remove(&(held.key.0, held.key.1, task_id));
+                (held.started, held.details)
+            }
+            None => (None, None),
+        };
         self.outbox.push_back(EngineEvent::Finished(EngineResult {
             task_id,
             data,
             error,
             started,
             finished: SystemTime::now(),
+            details: details.map(|d| (*d).clone()).unwrap_or_default(),
         }));
     }
 
@@ -236,6 +244,7 @@ impl<P: Provider> Engine<P> {
             }),
             started: None,
             finished: SystemTime::now(),
+            details: Map::new(),
         }));
     }
 
@@ -255,7 +264,13 @@ impl<P: Provider> Engine<P> {
         };
         // As JSON in a frame, with room for the frame's other fields.
         let room = limits::MAX_FRAME - 64 * 1024;
-        if json_string_len(&task.task_buffer) > room {
+        let serializers: usize = task
+            .result_serializers
+            .iter()
+            .flatten()
+            .map(|path| json_string_len(path) + 1)
+            .sum();
+        if json_string_len(&task.task_buffer) + serializers > room {
             return self.refuse(
                 task_id,
                 codes::TASK_TOO_LARGE,
@@ -277,6 +292,7 @@ impl<P: Provider> Engine<P> {
                 block: None,
                 started: None,
                 losses: Vec::new(),
+                details: None,
             },
         );
     }
@@ -510,6 +526,7 @@ impl<P: Provider> Engine<P> {
                 sdk,
                 host,
                 pid,
+                details,
             } => {
                 let Some(entry) = self.blocks.get_mut(&block) else {
                     return;
@@ -530,6 +547,7 @@ impl<P: Provider> Engine<P> {
                 entry.link = Link::Ready {
                     sender: sender.clone(),
                     workers,
+                    details: Arc::new(details),
                 };
                 entry.idle_since = Some(Instant::now());
                 self.start_failures = 0;
@@ -573,6 +591,7 @@ impl<P: Provider> Engine<P> {
                         error,
                         started: started_ms.map(from_unix_ms).or(held.started),
                         finished: from_unix_ms(finished_ms),
+                        details: held.details.map(|d| (*d).clone()).unwrap_or_default(),
                     }));
                 }
             }
@@ -676,17 +695,22 @@ impl<P: Provider> Engine<P> {
                 self.pending.remove(&(priority, seq, task_id));
                 continue;
             };
-            let Some(sender) = entry.sender() else {
+            let Link::Ready {
+                sender, details, ..
+            } = &entry.link
+            else {
                 return;
             };
             let frame = ToPool::Task {
                 task_id,
                 task_buffer: held.task.task_buffer.clone(),
+                result_serializers: held.task.result_serializers.clone(),
             };
             if sender.try_send(frame).is_err() {
                 // Full or closed: the connection is in trouble; its end is reported soon.
                 return;
             }
+            held.details = Some(details.clone());
             self.pending.remove(&(priority, seq, task_id));
             held.block = Some(block);
             entry.running.insert(task_id);

@@ -52,6 +52,26 @@ pub fn venv_python() -> String {
     gantry_testkit::venv_python().to_string_lossy().into_owned()
 }
 
+/// What the venv's Python reports about itself, the way the SDK's `get_env_details`
+/// does (`os`, `python_version`, `dill_version`, `globus_compute_sdk_version`).
+pub fn venv_environment() -> Value {
+    let out = std::process::Command::new(venv_python())
+        .args([
+            "-c",
+            "import json, platform, dill, globus_compute_sdk as sdk; print(json.dumps({\
+             'os': platform.platform(), 'python_version': platform.python_version(), \
+             'dill_version': dill.__version__, 'globus_compute_sdk_version': sdk.__version__}))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The venv Python's `major.minor`.
 pub fn venv_python_minor() -> String {
     let out = std::process::Command::new(venv_python())
@@ -147,12 +167,28 @@ impl TestEngine {
     }
 
     pub fn submit_with(&self, buffer: &str, spec: Option<Value>) -> Uuid {
+        self.submit_task(buffer, spec, None)
+    }
+
+    /// Submits a task whose result is to be serialized with `serializers`.
+    pub fn submit_serialized(&self, buffer: &str, serializers: &[&str]) -> Uuid {
+        let serializers = serializers.iter().map(|s| s.to_string()).collect();
+        self.submit_task(buffer, None, Some(serializers))
+    }
+
+    fn submit_task(
+        &self,
+        buffer: &str,
+        spec: Option<Value>,
+        result_serializers: Option<Vec<String>>,
+    ) -> Uuid {
         let task_id = Uuid::new_v4();
         self.handle
             .submit(EngineTask {
                 task_id,
                 task_buffer: buffer.to_owned(),
                 resource_specification: spec,
+                result_serializers,
             })
             .unwrap();
         task_id

@@ -78,6 +78,11 @@ def pid_then_sleep(path, seconds):
     return attempts
 
 
+def as_set(*items):
+    # JSON has no sets: JSONData cannot serialize this.
+    return set(items)
+
+
 def exits():
     import sys
 
@@ -95,6 +100,7 @@ CASES = {
     "where": where,
     "pid_then_sleep": pid_then_sleep,
     "exits": exits,
+    "as_set": as_set,
 }
 
 
