@@ -103,10 +103,17 @@ def main():
             fut = ex.submit(fails, "this")
         else:
             raise SystemExit(f"unknown scenario {scenario}")
-        try:
-            out["result"] = fut.result(timeout=timeout)
-        except Exception as e:  # noqa: BLE001 - the test checks which
-            out["error"] = {"type": type(e).__name__, "text": str(e)}
+        import warnings
+
+        # The SDK warns when a result's details show another Python or dill than its own
+        # (or none at all); the test wants to see any warning.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                out["result"] = fut.result(timeout=timeout)
+            except Exception as e:  # noqa: BLE001 - the test checks which
+                out["error"] = {"type": type(e).__name__, "text": str(e)}
+        out["warnings"] = [str(w.message) for w in caught]
         # The id arrives with the submit's answer, so read it once the future is done.
         out["task_id"] = fut.task_id
     finally:
