@@ -4,14 +4,14 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use futures_lite::StreamExt;
-use gantry_broker_accounts::credentials::account_password;
 use gantry_broker::lapin::BasicProperties;
 use gantry_broker::layout::{
     RESULTS_EXCHANGE, RESULTS_QUEUE, TASKS_EXCHANGE, endpoint_account, endpoint_permissions,
     result_routing_key, task_queue, task_routing_key,
 };
-use gantry_broker_accounts::management::Management;
 use gantry_broker::{Broker, BrokerError, Outgoing};
+use gantry_broker_accounts::credentials::account_password;
+use gantry_broker_accounts::management::Management;
 use uuid::Uuid;
 
 struct Vhost {

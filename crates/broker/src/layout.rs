@@ -15,7 +15,6 @@
 
 use uuid::Uuid;
 
-
 /// What a broker account may do, as RabbitMQ's regular expressions over resource names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permissions {
