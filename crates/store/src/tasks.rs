@@ -104,8 +104,8 @@ pub struct NewSubmit<'a> {
     pub resource_specification: Option<&'a Value>,
     /// `result_serializers` of the submit.
     pub result_serializers: Option<&'a Value>,
-    /// Whether the task group has a result queue (`create_queue`): from then on its
-    /// results, earlier tasks' included, are forwarded there.
+    /// Whether this submit made the task group's result queue (`create_queue`): from
+    /// then on the group's results, earlier tasks' included, are forwarded there.
     pub result_queue: bool,
 }
 
@@ -319,19 +319,23 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let created = sqlx::query(
-            "INSERT INTO task_groups (task_group_id, owner_identity_id, created_at) \
-             VALUES ($1, $2, $3) ON CONFLICT (task_group_id) DO NOTHING",
+            "INSERT INTO task_groups (task_group_id, owner_identity_id, created_at, result_queue) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (task_group_id) DO NOTHING",
         )
         .bind(task_group_id.to_string())
         .bind(owner.to_string())
         .bind(now)
+        .bind(i64::from(result_queue))
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
+        // Whether the group has a result queue once this submit is in: the tasks'
+        // results are forwarded there.
+        let mut group_has_queue = result_queue;
         if !created {
-            let existing: String = sqlx::query_scalar(
-                "SELECT owner_identity_id FROM task_groups WHERE task_group_id = $1",
+            let (existing, had_queue): (String, i64) = sqlx::query_as(
+                "SELECT owner_identity_id, result_queue FROM task_groups WHERE task_group_id = $1",
             )
             .bind(task_group_id.to_string())
             .fetch_one(&mut *tx)
@@ -341,19 +345,22 @@ impl Store {
                     "task group {task_group_id} not found"
                 )));
             }
-            if result_queue {
+            if result_queue && had_queue == 0 {
                 // The group has a queue now: the results of its earlier tasks go there too.
-                sqlx::query(
-                    "UPDATE tasks SET result_queue = 1 WHERE task_group_id = $1 AND result_queue = 0",
-                )
-                .bind(task_group_id.to_string())
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("UPDATE task_groups SET result_queue = 1 WHERE task_group_id = $1")
+                    .bind(task_group_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE tasks SET result_queue = 1 WHERE task_group_id = $1")
+                    .bind(task_group_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
             }
+            group_has_queue |= had_queue != 0;
         }
         let spec = resource_specification.map(Value::to_string);
         let serializers = result_serializers.map(Value::to_string);
-        let queue_flag = i64::from(result_queue);
+        let queue_flag = i64::from(group_has_queue);
         const COLUMNS: usize = 11;
         for (chunk_index, chunk) in tasks.chunks(INSERT_CHUNK).enumerate() {
             let mut sql = String::from(

@@ -498,3 +498,67 @@ async fn a_sqlite_file_is_created_whatever_its_path_says() {
     let in_memory = Store::connect("sqlite::memory:").await.unwrap();
     in_memory.add_user("alice").await.unwrap();
 }
+
+/// A task's result goes to its group's queue once the group has one: from the submit
+/// that asked for it on, earlier tasks of the group included, and later submits into
+/// the group too, whether they ask again or not.
+async fn results_go_to_a_group_once_it_has_a_queue(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (alice, _) = store.add_user("alice").await.unwrap();
+    let group = Uuid::new_v4();
+    let endpoint_id = Uuid::new_v4();
+    let submit = |result_queue: bool, group: Uuid| {
+        let store = store.clone();
+        let task = NewTask {
+            task_id: Uuid::new_v4(),
+            function_id: Uuid::new_v4(),
+            payload: "payload".into(),
+        };
+        async move {
+            store
+                .insert_submit(&NewSubmit {
+                    owner: alice.identity_id,
+                    task_group_id: group,
+                    endpoint_id,
+                    submitted_endpoint_id: endpoint_id,
+                    tasks: std::slice::from_ref(&task),
+                    resource_specification: None,
+                    result_serializers: None,
+                    result_queue,
+                })
+                .await
+                .unwrap();
+            task.task_id
+        }
+    };
+    let forwarded = |task: Uuid| {
+        let store = store.clone();
+        async move { store.task(task).await.unwrap().unwrap().result_queue }
+    };
+    let first = submit(false, group).await;
+    let second = submit(false, group).await;
+    assert!(!forwarded(first).await && !forwarded(second).await);
+    let third = submit(true, group).await;
+    let fourth = submit(false, group).await;
+    for task in [first, second, third, fourth] {
+        assert!(forwarded(task).await, "{task}");
+    }
+    let other = submit(false, Uuid::new_v4()).await;
+    assert!(!forwarded(other).await);
+}
+
+#[tokio::test]
+async fn results_go_to_a_group_once_it_has_a_queue_sqlite() {
+    let dir = gantry_testkit::fresh_temp_dir("store");
+    results_go_to_a_group_once_it_has_a_queue(format!(
+        "sqlite://{}",
+        dir.join("service.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn results_go_to_a_group_once_it_has_a_queue_postgres() {
+    results_go_to_a_group_once_it_has_a_queue(gantry_testkit::fresh_postgres_database().await)
+        .await;
+}
