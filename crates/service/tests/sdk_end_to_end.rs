@@ -296,25 +296,28 @@ async fn deleting_an_endpoint_fails_its_waiting_tasks() {
         ("RESULT_TIMEOUT", "60".to_owned()),
     ];
     let submitter = tokio::spawn(sdk("single", env));
-    // Wait until both tasks are stored and waiting, then delete the endpoint.
-    let waiting = loop {
-        let endpoints = service.store().endpoint(registered.endpoint_id).await;
-        assert!(endpoints.unwrap().is_some());
-        let tasks = service
+    // Wait until both tasks wait on the endpoint's queue (stored, and confirmed by the
+    // broker), then delete the endpoint.
+    loop {
+        let unfinished = service
             .store()
             .unfinished_task_count(registered.endpoint_id)
             .await
             .unwrap();
-        if tasks == 2 {
-            break tasks;
+        let unsent = service.store().unsent_tasks(i64::MAX, 10).await.unwrap();
+        if unfinished == 2 && unsent.is_empty() {
+            break;
         }
+        assert!(
+            unfinished <= 2,
+            "{unfinished} tasks for the idle endpoint; the SDK submits two"
+        );
         assert!(
             !submitter.is_finished(),
             "the SDK gave up before submitting"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    assert_eq!(waiting, 2);
+    }
     let deleted = reqwest::Client::new()
         .delete(format!(
             "{}/v2/endpoints/{}",
