@@ -456,3 +456,28 @@ async fn the_sdk_finds_its_meps_by_role_and_deletes_its_functions() {
     assert_eq!(out["after_delete"], json!(404), "{out}");
     service.stop().await;
 }
+
+/// `Executor(result_serializers=[JSONData()])`: the endpoint serializes the result as
+/// the submitter asked (a tuple comes back a list, where dill would keep it a tuple),
+/// through Gantry's own UEP loop and thread-pool engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_gets_results_serialized_as_it_asked() {
+    let service = TestService::start(Backend::Sqlite, true).await;
+    let (_, token) = service.user("heidi@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
+        .await
+        .unwrap();
+    let env = vec![
+        ("GANTRY_TOKEN", token),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+    ];
+    let out = sdk("serializers", env).await;
+    assert_eq!(
+        (&out["type"], &out["value"]),
+        (&json!("list"), &json!([1, "two"])),
+        "{out}"
+    );
+    uep.stop().await.unwrap();
+    service.stop().await;
+}
