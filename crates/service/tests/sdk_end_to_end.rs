@@ -481,3 +481,30 @@ async fn the_sdk_gets_results_serialized_as_it_asked() {
     uep.stop().await.unwrap();
     service.stop().await;
 }
+
+/// The official SDK's `get_task` shows a task `running` once the endpoint reported its
+/// start (an `execution-start` transition in a heartbeat): the task waits to be released
+/// until the SDK has seen it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_sees_a_task_running() {
+    let service = TestService::start(Backend::Postgres, true).await;
+    let (_, token) = service.user("ivan@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let uep = run_uep(creds_of(&registered).unwrap(), python(), 1.0)
+        .await
+        .unwrap();
+    let env = vec![
+        ("GANTRY_TOKEN", token),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+        ("RESULT_TIMEOUT", "60".to_owned()),
+    ];
+    let out = sdk("running", env).await;
+    assert_eq!(out["result"], json!("released"), "{out}");
+    assert_eq!(
+        out["statuses"].as_array().unwrap().last(),
+        Some(&json!("running")),
+        "{out}"
+    );
+    uep.stop().await.unwrap();
+    service.stop().await;
+}

@@ -39,6 +39,15 @@ def pair(a, b):
     return (a, b)
 
 
+def wait_for(path):
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    return "released"
+
+
 def client() -> GC.Client:
     return GC.Client(
         local_compute_services=True,
@@ -163,9 +172,37 @@ def discovery() -> dict:
     return out
 
 
+def running() -> dict:
+    """A task that runs until released: the SDK's get_task must show it running (the
+    endpoint reports execution-start in a heartbeat) before it is released."""
+    import tempfile
+    import time
+
+    gcc = client()
+    fn = gcc.register_function(wait_for)
+    release = os.path.join(tempfile.mkdtemp(), "release")
+    task_id = gcc.run(release, endpoint_id=os.environ["ENDPOINT_ID"], function_id=fn)
+    deadline = time.time() + float(os.environ.get("RESULT_TIMEOUT", "60"))
+    seen = []
+    while time.time() < deadline:
+        status = gcc.get_task(task_id)["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status == "running":
+            break
+        time.sleep(0.1)
+    open(release, "w").close()
+    while time.time() < deadline:
+        try:
+            return {"statuses": seen, "result": gcc.get_result(task_id)}
+        except GC.errors.TaskPending:
+            time.sleep(0.1)
+    raise TimeoutError(task_id)
+
+
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single, "serializers": serializers, "discovery": discovery}[scenario]()
+    out = {"executor": executor, "submit_only": submit_only, "reload": reload, "client_poll": client_poll, "single": single, "serializers": serializers, "discovery": discovery, "running": running}[scenario]()
     json.dump(out, sys.stdout, ensure_ascii=False)
     sys.stdout.flush()
     # Exit now: an Executor that still waits on a lost task keeps non-daemon threads
