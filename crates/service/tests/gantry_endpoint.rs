@@ -238,13 +238,19 @@ async fn start_mep(service: &TestService) -> Mep {
         .spawn()
         .unwrap();
     let mut mep = Mep { child, home };
+    wait_online(service, &mut mep).await;
+    mep
+}
+
+/// Waits until the MEP registered and heartbeats; returns its id.
+async fn wait_online(service: &TestService, mep: &mut Mep) -> Uuid {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(id) = mep.id()
             && let Ok(Some(ep)) = service.store().endpoint(id).await
             && ep.is_online(gantry_store::now_ms())
         {
-            return mep;
+            return id;
         }
         assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
         assert!(
@@ -898,22 +904,7 @@ async fn a_high_assurance_mep_audits_every_step_of_every_task() {
         .spawn()
         .unwrap();
     let mut mep = Mep { child, home };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mep_id = loop {
-        if let Some(id) = mep.id()
-            && let Ok(Some(ep)) = service.store().endpoint(id).await
-            && ep.is_online(gantry_store::now_ms())
-        {
-            break id;
-        }
-        assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
-        assert!(
-            Instant::now() < deadline,
-            "the MEP did not come online:\n{}",
-            mep.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mep_id = wait_online(&service, &mut mep).await;
     let ok = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "40"})).await;
     let failed = submit("fails", &alice, mep_id, json!({"ACCOUNT_ID": "40"})).await;
     assert_eq!(ok["result"]["user"], ALICE, "{ok}\n{}", mep.log());
@@ -1006,22 +997,7 @@ async fn a_mep_run_by_a_user_serves_only_identities_that_map_to_that_user() {
         child,
         home: home.clone(),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mep_id = loop {
-        if let Some(id) = mep.id()
-            && let Ok(Some(ep)) = service.store().endpoint(id).await
-            && ep.is_online(gantry_store::now_ms())
-        {
-            break id;
-        }
-        assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
-        assert!(
-            Instant::now() < deadline,
-            "the MEP did not come online:\n{}",
-            mep.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mep_id = wait_online(&service, &mut mep).await;
     let mine = submit("probe", &bob, mep_id, json!({"ACCOUNT_ID": "50"})).await;
     assert_eq!(mine["result"]["user"], BOB, "{mine}\n{}", mep.log());
     let theirs = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "50"})).await;
