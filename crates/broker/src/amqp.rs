@@ -355,7 +355,9 @@ pub fn redact(url: &str) -> String {
             let _ = parsed.set_password(Some("***"));
             parsed.to_string()
         }
-        _ => url.to_owned(),
+        Ok(parsed) => parsed.to_string(),
+        // An unparseable URL may still hold a password: show none of it.
+        Err(_) => "<an unparseable AMQP URL>".to_owned(),
     }
 }
 

@@ -86,11 +86,17 @@ enum Command {
 }
 
 fn init_logs() {
+    // The AMQP client logs a returned message with its whole body (a task's result) and
+    // every frame at TRACE: it speaks only of errors, whatever GANTRY_LOG says.
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| "info".into());
+    for quiet in ["lapin=error", "amq_protocol=error"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
 }
