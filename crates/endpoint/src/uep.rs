@@ -255,9 +255,23 @@ impl ResultStore {
         Ok(ResultStore { dir, pending })
     }
 
+    /// Keeps a result until its confirm. Written whole (a temporary name, then a
+    /// rename) but not synced: the file must outlive this process, which the page cache
+    /// ensures, and an fsync per result would cost more than the task (about 1 ms each).
     fn keep(&mut self, task_id: Uuid, body: Vec<u8>) -> anyhow::Result<()> {
         if let Some(dir) = &self.dir {
-            crate::dirs::write_private(&dir.join(task_id.to_string()), &body)
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join(task_id.to_string());
+            let tmp = dir.join(format!(".{task_id}.tmp"));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut file| file.write_all(&body))
+                .and_then(|()| std::fs::rename(&tmp, &path))
                 .context("keeping a result in unacked_results")?;
         }
         self.pending.insert(task_id, body);
