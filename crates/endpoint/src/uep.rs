@@ -792,6 +792,44 @@ mod task_header_tests {
     }
 
     #[test]
+    fn a_function_outside_allowed_functions_is_refused_with_its_code() {
+        let id = Uuid::new_v4();
+        let (allowed_fn, other_fn) = (Uuid::new_v4(), Uuid::new_v4());
+        let with_function = |function: Uuid| {
+            let mut d = delivery(id, None);
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "function_uuid".into(),
+                AMQPValue::LongString(function.to_string().as_str().into()),
+            );
+            d.properties = BasicProperties::default().with_headers(headers);
+            d
+        };
+        let allowed = Some(HashSet::from([allowed_fn]));
+        assert!(matches!(
+            accept(&with_function(allowed_fn), &allowed),
+            Accepted::Task(_)
+        ));
+        let Accepted::Refused(result) = accept(&with_function(other_fn), &allowed) else {
+            panic!("a function outside allowed_functions was accepted");
+        };
+        assert_eq!(result.task_id, id);
+        let error = result.error_details.unwrap();
+        assert_eq!(error.code, "FUNCTION_NOT_ALLOWED");
+        assert!(error.user_message.contains(&other_fn.to_string()));
+        // No function header at all is not a way around the list.
+        assert!(matches!(
+            accept(&delivery(id, None), &allowed),
+            Accepted::Refused(_)
+        ));
+        // Without a list, anything runs.
+        assert!(matches!(
+            accept(&with_function(other_fn), &None),
+            Accepted::Task(_)
+        ));
+    }
+
+    #[test]
     fn the_result_serializers_header_reaches_the_engine() {
         let id = Uuid::new_v4();
         let paths = ["globus_compute_sdk.serialize.JSONData", "x.Y"];
