@@ -243,23 +243,36 @@ struct Rss {
     total: u64,
     anon: u64,
     file: u64,
+    /// Proportional set size: shared pages (the program's, mostly) divided among the
+    /// processes that map them, so what this process costs beside the others.
+    pss: u64,
 }
 
 impl Rss {
     fn of(proc: &Proc) -> Rss {
+        let pss = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", proc.pid))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("Pss:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0);
         Rss {
             total: proc.rss_kib,
             anon: proc.anon_kib,
             file: proc.file_kib,
+            pss,
         }
     }
 
     fn show(&self) -> String {
         format!(
-            "{:.1} MiB (anon {:.1} + file {:.1})",
+            "{:.1} MiB (anon {:.1} + file {:.1}; PSS {:.1})",
             mib(self.total),
             mib(self.anon),
-            mib(self.file)
+            mib(self.file),
+            mib(self.pss)
         )
     }
 }
@@ -1607,7 +1620,8 @@ impl Report {
         );
         println!(
             "Both MEPs run as root and start UEPs as `{BENCH_USER}` from a ThreadPoolEngine template \
-             (max_workers {}); Gantry's binaries are release builds. Memory is VmRSS from /proc (MiB = 2^20 bytes).\n",
+             (max_workers {}); Gantry's binaries are release builds. Memory is VmRSS from /proc (MiB = 2^20 bytes), split into \
+             anonymous and file-backed pages, with PSS (shared pages divided among the processes sharing them).\n",
             s.workers
         );
 
@@ -1855,7 +1869,8 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-                .unwrap_or_else(|_| "error".into()),
+                // lapin reports its own races at connection close as errors.
+                .unwrap_or_else(|_| "error,lapin=off".into()),
         );
     let tap = StartCommandTap.with_filter(
         tracing_subscriber::filter::Targets::new()
