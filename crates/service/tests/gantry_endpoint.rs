@@ -174,6 +174,7 @@ fn write_mep(home: &Path) {
              engine:\n  type: ThreadPoolEngine\n  max_workers: 2\n  worker_python: {python}\n\
              {{% endif %}}\n\
              heartbeat_period: {{{{ HB|default(5) }}}}\nidle_heartbeats_soft: {{{{ IDLE|default(60) }}}}\n\
+             endpoint_setup: {{{{ SETUP|default(\"echo ready\") }}}}\n\
              # account {{{{ ACCOUNT_ID }}}}\n",
             python = python.display()
         ),
@@ -187,7 +188,8 @@ fn write_mep(home: &Path) {
                 "ACCOUNT_ID": {"type": "string", "pattern": "^[0-9]{1,12}$"},
                 "ENGINE": {"enum": ["thread", "gce"]},
                 "HB": {"type": "integer", "minimum": 1, "maximum": 30},
-                "IDLE": {"type": "integer", "minimum": 1, "maximum": 100}
+                "IDLE": {"type": "integer", "minimum": 1, "maximum": 100},
+                "SETUP": {"type": "string"}
             },
             "required": ["ACCOUNT_ID"],
             "additionalProperties": false
@@ -577,6 +579,12 @@ async fn refused_identities_and_variables_fail_the_task_with_the_reason() {
         ),
         (json!({"ACCOUNT_ID": "1", "extra": "x"}), "extra"),
         (json!({"ACCOUNT_ID": "1", "_GC": "x"}), "_GC"),
+        // The rendered config's endpoint_setup runs as the user before the engine; its
+        // failure is the start's failure.
+        (
+            json!({"ACCOUNT_ID": "1", "SETUP": "echo preparing; exit 3"}),
+            "endpoint_setup failed",
+        ),
     ] {
         let out = submit("probe", &alice, mep_id, config.clone()).await;
         let text = out["error"]["text"].as_str().unwrap_or_default();
