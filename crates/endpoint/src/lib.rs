@@ -8,6 +8,8 @@
 //! - [`uep`]: the UEP (task queue → engine → results, heartbeats, idle shutdown);
 //! - [`audit`]: the high-assurance audit records (UEP side and MEP stamp);
 //! - [`commands`]: what each CLI verb does (`configure`, `start`, `stop`, `list`, …);
+//! - [`status`]: every status report (heartbeats, a stop, a failed start), built and
+//!   published in one place;
 //! - [`process`] and [`proctitle`]: `/proc` reading, session kills, process titles.
 //!
 //! The privileged code is not here: it is the spawn helper in `gantry-spawner`, which
@@ -20,4 +22,5 @@ pub mod dirs;
 pub mod mep;
 pub mod process;
 pub mod proctitle;
+pub mod status;
 pub mod uep;

@@ -16,13 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use futures_lite::StreamExt;
-use gantry_broker::lapin::BasicProperties;
+use gantry_broker::Broker;
 use gantry_broker::lapin::options::BasicAckOptions;
-use gantry_broker::{Broker, Outgoing};
 use gantry_endpoint_client::{ClientCredentials, EndpointClient};
 use gantry_identity_mapping::MappingFile;
 use gantry_protocol::command::StartEndpointCommand;
-use gantry_protocol::messagepack::{EpStatusReport, Message};
 use gantry_protocol::rest::{EndpointRegistrationRequest, EndpointRegistrationResponse, QueueInfo};
 use gantry_spawner::{HelperEvent, IdentityRule, Launcher, SpawnRequest, Step};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -452,38 +450,31 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
 
 impl Mep {
     async fn heartbeat(&self, broker: &Broker, period: f64) -> bool {
-        let mut global_state = Map::new();
-        global_state.insert("heartbeat_period".into(), json!(period));
-        global_state.insert("active".into(), json!(period > 0.0));
-        global_state.insert("user_endpoints".into(), json!(self.ueps.len()));
-        let body = Message::EpStatusReport(EpStatusReport {
-            endpoint_id: self.options.endpoint_id,
-            global_state,
-            task_statuses: Default::default(),
-        })
-        .pack();
-        self.publish_heartbeat(broker, &body).await
+        let state =
+            crate::status::global_state(period, [("user_endpoints", json!(self.ueps.len()))]);
+        self.publish_status(broker, self.options.endpoint_id, state)
+            .await
     }
 
-    async fn publish_heartbeat(&self, broker: &Broker, body: &[u8]) -> bool {
-        let Some(kwargs) = &self.heartbeat_info.queue_publish_kwargs else {
-            return false;
-        };
-        match broker
-            .publish_confirmed(&[Outgoing {
-                exchange: &kwargs.exchange,
-                routing_key: &kwargs.routing_key,
-                body,
-                properties: BasicProperties::default(),
-            }])
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed");
-                false
-            }
+    /// Publishes a status report on the MEP's heartbeat route; false when it failed.
+    async fn publish_status(
+        &self,
+        broker: &Broker,
+        endpoint_id: Uuid,
+        state: Map<String, Value>,
+    ) -> bool {
+        let published = crate::status::publish(
+            broker,
+            &self.heartbeat_info,
+            endpoint_id,
+            state,
+            Default::default(),
+        )
+        .await;
+        if let Err(e) = &published {
+            tracing::warn!(error = %e, "status report failed");
         }
+        published.is_ok()
     }
 
     /// Tells the service a UEP is gone (and why, when its start failed).
@@ -492,19 +483,8 @@ impl Mep {
             tracing::warn!(%uep_id, "cannot tell the service about this user endpoint: no broker connection");
             return;
         };
-        let mut global_state = Map::new();
-        global_state.insert("heartbeat_period".into(), json!(0));
-        global_state.insert("active".into(), json!(false));
-        if let Some(error) = error {
-            global_state.insert("error".into(), json!(error));
-        }
-        let body = Message::EpStatusReport(EpStatusReport {
-            endpoint_id: uep_id,
-            global_state,
-            task_statuses: Default::default(),
-        })
-        .pack();
-        self.publish_heartbeat(broker, &body).await;
+        let state = crate::status::global_state(0.0, error.map(|e| ("error", json!(e))));
+        self.publish_status(broker, uep_id, state).await;
     }
 
     async fn command(&mut self, broker: &Broker, data: &[u8], timestamp: Option<u64>) {

@@ -25,10 +25,10 @@ use gantry_broker::{Broker, Outgoing};
 use gantry_engine::{EngineEvent, EngineHandle, EngineResult, EngineTask};
 use gantry_protocol::command::{AmqpCreds, UepStdin};
 use gantry_protocol::messagepack::{
-    ActorName, EpStatusReport, Message, ResultErrorDetails, TaskResult, TaskState, TaskTransition,
+    ActorName, Message, ResultErrorDetails, TaskResult, TaskState, TaskTransition,
 };
 use gantry_protocol::rest::QueueInfo;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -312,7 +312,8 @@ pub async fn serve(
         .map(|f| f.iter().copied().collect());
     let mut results = ResultStore::open(settings.dir.as_ref().map(|d| d.join("unacked_results")))?;
     let (result_exchange, result_key) = publish_target(&creds.result_queue_info)?;
-    let (beat_exchange, beat_key) = publish_target(&creds.heartbeat_queue_info)?;
+    // A UEP without a heartbeat route could never say it is alive: refuse it up front.
+    publish_target(&creds.heartbeat_queue_info)?;
     let period = Duration::from_secs_f64(settings.config.heartbeat_period);
     // SAFETY: the MEP's helper left this descriptor open for this process alone.
     let mut audit = settings
@@ -359,31 +360,27 @@ pub async fn serve(
                          period: f64,
                          activity: &mut Activity,
                          status: gantry_engine::EngineStatus| {
-            let mut global_state = Map::new();
-            global_state.insert("heartbeat_period".into(), json!(period));
-            global_state.insert("active".into(), json!(period > 0.0));
-            global_state.insert("total_workers".into(), json!(status.workers));
-            global_state.insert("idle_workers".into(), json!(status.idle_workers));
-            global_state.insert("outstanding_tasks".into(), json!(status.outstanding));
-            global_state.insert("pending_tasks".into(), json!(status.pending));
-            global_state.insert("blocks".into(), json!(status.blocks));
-            let body = Message::EpStatusReport(EpStatusReport {
-                endpoint_id,
-                global_state,
-                task_statuses: std::mem::take(&mut activity.transitions),
-            })
-            .pack();
+            let state = crate::status::global_state(
+                period,
+                [
+                    ("total_workers", json!(status.workers)),
+                    ("idle_workers", json!(status.idle_workers)),
+                    ("outstanding_tasks", json!(status.outstanding)),
+                    ("pending_tasks", json!(status.pending)),
+                    ("blocks", json!(status.blocks)),
+                ],
+            );
+            let transitions = std::mem::take(&mut activity.transitions);
             let broker = broker.clone();
-            let (exchange, key) = (beat_exchange.clone(), beat_key.clone());
             async move {
-                broker
-                    .publish_confirmed(&[Outgoing {
-                        exchange: &exchange,
-                        routing_key: &key,
-                        body: &body,
-                        properties: BasicProperties::default(),
-                    }])
-                    .await
+                crate::status::publish(
+                    &broker,
+                    &creds.heartbeat_queue_info,
+                    endpoint_id,
+                    state,
+                    transitions,
+                )
+                .await
             }
         };
         // Results left from before (a restart or an outage) go first.
@@ -560,23 +557,14 @@ pub async fn serve(
         if !results.pending.is_empty() {
             flush(&broker, &mut results, &result_exchange, &result_key).await;
         }
-        let mut global_state = Map::new();
-        global_state.insert("heartbeat_period".into(), json!(0));
-        global_state.insert("active".into(), json!(false));
-        let body = Message::EpStatusReport(EpStatusReport {
+        crate::status::publish(
+            &broker,
+            &creds.heartbeat_queue_info,
             endpoint_id,
-            global_state,
-            task_statuses: std::mem::take(&mut activity.transitions),
-        })
-        .pack();
-        broker
-            .publish_confirmed(&[Outgoing {
-                exchange: &beat_exchange,
-                routing_key: &beat_key,
-                body: &body,
-                properties: BasicProperties::default(),
-            }])
-            .await?;
+            crate::status::global_state(0.0, []),
+            std::mem::take(&mut activity.transitions),
+        )
+        .await?;
         broker.close().await;
         anyhow::Ok(())
     };
@@ -863,7 +851,7 @@ mod task_header_tests {
     #[test]
     fn a_result_carries_the_workers_environment_and_the_endpoint_id() {
         let endpoint_id = Uuid::new_v4();
-        let mut details = Map::new();
+        let mut details = serde_json::Map::new();
         details.insert("python_version".into(), json!("3.11.2"));
         details.insert("dill_version".into(), json!("0.3.9"));
         let result = EngineResult {
@@ -944,25 +932,8 @@ pub async fn report_failed_start(
     endpoint_id: Uuid,
     message: &str,
 ) -> anyhow::Result<()> {
-    let (exchange, key) = publish_target(heartbeat)?;
-    let mut global_state = Map::new();
-    global_state.insert("heartbeat_period".into(), json!(0));
-    global_state.insert("active".into(), json!(false));
-    global_state.insert("error".into(), json!(message));
-    let body = Message::EpStatusReport(EpStatusReport {
-        endpoint_id,
-        global_state,
-        task_statuses: Default::default(),
-    })
-    .pack();
-    broker
-        .publish_confirmed(&[Outgoing {
-            exchange: &exchange,
-            routing_key: &key,
-            body: &body,
-            properties: BasicProperties::default(),
-        }])
-        .await?;
+    let state = crate::status::global_state(0.0, [("error", json!(message))]);
+    crate::status::publish(broker, heartbeat, endpoint_id, state, Default::default()).await?;
     Ok(())
 }
 

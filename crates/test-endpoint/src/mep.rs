@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_lite::StreamExt;
-use gantry_broker::lapin::BasicProperties;
+use gantry_broker::Broker;
 use gantry_broker::lapin::options::BasicAckOptions;
-use gantry_broker::{Broker, Outgoing};
 use gantry_endpoint::uep::report_failed_start;
 use gantry_protocol::command::StartEndpointCommand;
-use gantry_protocol::messagepack::{EpStatusReport, Message};
 use gantry_protocol::rest::{EndpointRegistrationResponse, QueueInfo};
-use serde_json::{Map, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -67,28 +64,14 @@ async fn heartbeat(
     endpoint_id: Uuid,
     period: f64,
 ) -> anyhow::Result<()> {
-    let kwargs = info
-        .queue_publish_kwargs
-        .as_ref()
-        .context("heartbeat queue info without queue_publish_kwargs")?;
-    let mut global_state = Map::new();
-    global_state.insert("heartbeat_period".into(), json!(period));
-    global_state.insert("active".into(), json!(period > 0.0));
-    let body = Message::EpStatusReport(EpStatusReport {
+    gantry_endpoint::status::publish(
+        broker,
+        info,
         endpoint_id,
-        global_state,
-        task_statuses: Default::default(),
-    })
-    .pack();
-    broker
-        .publish_confirmed(&[Outgoing {
-            exchange: &kwargs.exchange,
-            routing_key: &kwargs.routing_key,
-            body: &body,
-            properties: BasicProperties::default(),
-        }])
-        .await?;
-    Ok(())
+        gantry_endpoint::status::global_state(period, []),
+        Default::default(),
+    )
+    .await
 }
 
 /// Starts a MEP stand-in on a multi-user registration. It heartbeats every
