@@ -14,9 +14,10 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::local::{self, Mep, home_of, run, uid_of, user_processes, wait_online};
 use common::{Backend, TestService};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -28,124 +29,17 @@ const BOB: &str = "gtest-bob";
 const SYSTEM: &str = "gtest-sys";
 const GROUP: &str = "gtest-shared";
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs gantry-endpoint as a root MEP and creates local users; run it as root"
-    );
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).status().unwrap();
-    assert!(status.success(), "{program} {args:?} failed");
-}
-
 fn ensure_users() {
     // Tests run in parallel processes: one creates the users at a time.
-    let lock = std::fs::File::create("/tmp/gantry-test-users.lock").unwrap();
-    lock.lock().unwrap();
+    let _lock = local::users_lock();
     if nix::unistd::Group::from_name(GROUP).unwrap().is_none() {
         run("groupadd", &[GROUP]);
     }
     for name in [ALICE, BOB] {
-        if nix::unistd::User::from_name(name).unwrap().is_none() {
-            run("useradd", &["--create-home", "--shell", "/bin/bash", name]);
-        }
+        local::ensure_user(name, &[]);
     }
     run("usermod", &["-a", "-G", GROUP, ALICE]);
-    // A home left by an earlier, interrupted run may belong to someone else.
-    for name in [ALICE, BOB] {
-        let user = nix::unistd::User::from_name(name).unwrap().unwrap();
-        let owned = std::fs::metadata(&user.dir).is_ok_and(|m| m.uid() == user.uid.as_raw());
-        if !owned {
-            std::fs::create_dir_all(&user.dir).unwrap();
-            run(
-                "chown",
-                &[
-                    "-R",
-                    &format!("{name}:{name}"),
-                    &user.dir.display().to_string(),
-                ],
-            );
-        }
-    }
-    if nix::unistd::User::from_name(SYSTEM).unwrap().is_none() {
-        run(
-            "useradd",
-            &["--system", "--create-home", "--shell", "/bin/bash", SYSTEM],
-        );
-    }
-}
-
-/// The live processes of `user` ("pid command line"), zombies excluded: a zombie runs
-/// nothing and waits only for whoever inherited it to reap it.
-fn user_processes(user: &str) -> Vec<String> {
-    let Some(uid) = nix::unistd::User::from_name(user)
-        .unwrap()
-        .map(|u| u.uid.as_raw())
-    else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .next();
-        if meta.uid() != uid || state == Some("Z") || stat.is_empty() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        out.push(format!("{pid} {}", cmdline.trim()));
-    }
-    out
-}
-
-/// A running `gantry-endpoint start mep`, killed with its process group when dropped.
-struct Mep {
-    child: Child,
-    home: PathBuf,
-}
-
-impl Mep {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("mep.err")).unwrap_or_default()
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.home.join("mep")
-    }
-
-    fn id(&self) -> Option<Uuid> {
-        let text = std::fs::read_to_string(self.dir().join("endpoint.json")).ok()?;
-        serde_json::from_str::<Value>(&text).ok()?["endpoint_id"]
-            .as_str()?
-            .parse()
-            .ok()
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-}
-
-impl Drop for Mep {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
+    local::ensure_user(SYSTEM, &["--system"]);
 }
 
 fn write_mep(home: &Path) {
@@ -220,48 +114,22 @@ fn write_mapping(dir: &Path, extra: &[(&str, &str)]) {
 }
 
 async fn start_mep(service: &TestService) -> Mep {
-    let program = gantry_testkit::workspace_binary("gantry-endpoint", "gantry-endpoint");
-    let (client, secret) = service
-        .store()
-        .add_endpoint_client("gantry-mep")
-        .await
-        .unwrap();
     let home = gantry_testkit::fresh_temp_dir("gantry-mep");
     write_mep(&home);
-    let child = Command::new(program)
-        .args(["start", "mep"])
-        .env("GANTRY_HOME", &home)
-        .env("GANTRY_CLIENT_ID", client.client_id.to_string())
-        .env("GANTRY_CLIENT_SECRET", &secret)
-        .env("GANTRY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(home.join("mep.out")).unwrap())
-        .stderr(std::fs::File::create(home.join("mep.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut mep = Mep { child, home };
-    wait_online(service, &mut mep).await;
-    mep
+    local::start_mep_in(service, home).await
 }
 
-/// Waits until the MEP registered and heartbeats; returns its id.
-async fn wait_online(service: &TestService, mep: &mut Mep) -> Uuid {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(id) = mep.id()
-            && let Ok(Some(ep)) = service.store().endpoint(id).await
-            && ep.is_online(gantry_store::now_ms())
-        {
-            return id;
-        }
-        assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
-        assert!(
-            Instant::now() < deadline,
-            "the MEP did not come online:\n{}",
-            mep.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// The test users' leftover processes, waited for up to `limit`.
+async fn wait_no_user_processes(limit: Duration) -> Vec<String> {
+    local::wait_no_user_processes(&[ALICE, BOB], limit).await
+}
+
+fn cleanup_uep_dirs(mep: Uuid) {
+    local::cleanup_uep_dirs(&[ALICE, BOB], mep)
+}
+
+fn require_root() {
+    local::require_root("this test runs gantry-endpoint as a root MEP and creates local users");
 }
 
 /// Runs a scenario of `python/uep_client.py` as the SDK user `token`.
@@ -323,54 +191,12 @@ async fn submit_with(
     })
 }
 
-fn uid_of(name: &str) -> u32 {
-    nix::unistd::User::from_name(name)
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
-}
-
-fn home_of(name: &str) -> PathBuf {
-    nix::unistd::User::from_name(name).unwrap().unwrap().dir
-}
-
 fn gid_of_group(name: &str) -> u32 {
     nix::unistd::Group::from_name(name)
         .unwrap()
         .unwrap()
         .gid
         .as_raw()
-}
-
-fn cleanup_uep_dirs(mep: Uuid) {
-    for user in [ALICE, BOB] {
-        if let Ok(entries) = std::fs::read_dir(home_of(user).join(".gantry")) {
-            for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .contains(&mep.to_string())
-                {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-    }
-}
-
-async fn wait_no_user_processes(limit: Duration) -> Vec<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left: Vec<String> = [ALICE, BOB]
-            .iter()
-            .flat_map(|u| user_processes(u))
-            .collect();
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,30 +715,14 @@ async fn a_high_assurance_mep_audits_every_step_of_every_task() {
     ensure_users();
     let service = TestService::start(Backend::Sqlite, true).await;
     let (_, alice) = service.user("alice@example.org").await;
-    let program = gantry_testkit::workspace_binary("gantry-endpoint", "gantry-endpoint");
-    let (client, secret) = service
-        .store()
-        .add_endpoint_client("audited-mep")
-        .await
-        .unwrap();
     let home = gantry_testkit::fresh_temp_dir("gantry-mep");
     write_mep(&home);
     let config = home.join("mep/config.yaml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("high_assurance: true\n");
     std::fs::write(&config, text).unwrap();
-    let child = Command::new(program)
-        .args(["start", "mep"])
-        .env("GANTRY_HOME", &home)
-        .env("GANTRY_CLIENT_ID", client.client_id.to_string())
-        .env("GANTRY_CLIENT_SECRET", &secret)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(home.join("mep.out")).unwrap())
-        .stderr(std::fs::File::create(home.join("mep.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut mep = Mep { child, home };
-    let mep_id = wait_online(&service, &mut mep).await;
+    let mep = local::start_mep_in(&service, home).await;
+    let mep_id = mep.id().unwrap();
     let ok = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "40"})).await;
     let failed = submit("fails", &alice, mep_id, json!({"ACCOUNT_ID": "40"})).await;
     assert_eq!(ok["result"]["user"], ALICE, "{ok}\n{}", mep.log());

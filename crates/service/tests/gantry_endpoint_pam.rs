@@ -15,11 +15,12 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::local::{self, Mep, home_of, run, uid_of};
 use common::{Backend, TestService};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -32,97 +33,29 @@ const USER: &str = "gtest-pam";
 const EXPIRED: &str = "gtest-pamexp";
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
+    local::require_root(
         "this test runs gantry-endpoint as a root MEP, creates local users and writes a \
-         PAM service file in /etc/pam.d; run it as root"
+         PAM service file in /etc/pam.d",
     );
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).status().unwrap();
-    assert!(status.success(), "{program} {args:?} failed");
 }
 
 fn ensure_users() {
     // Tests run in parallel processes: one creates the users at a time.
-    let lock = std::fs::File::create("/tmp/gantry-test-users.lock").unwrap();
-    lock.lock().unwrap();
+    let _lock = local::users_lock();
     for name in [USER, EXPIRED] {
-        if nix::unistd::User::from_name(name).unwrap().is_none() {
-            run("useradd", &["--create-home", "--shell", "/bin/bash", name]);
-        }
-        // A home left by an earlier, interrupted run may belong to someone else.
-        let user = nix::unistd::User::from_name(name).unwrap().unwrap();
-        let owned = std::fs::metadata(&user.dir).is_ok_and(|m| m.uid() == user.uid.as_raw());
-        if !owned {
-            std::fs::create_dir_all(&user.dir).unwrap();
-            run(
-                "chown",
-                &[
-                    "-R",
-                    &format!("{name}:{name}"),
-                    &user.dir.display().to_string(),
-                ],
-            );
-        }
+        local::ensure_user(name, &[]);
     }
     // Expired on 1970-01-02, so pam_unix's account check refuses it.
     run("usermod", &["--expiredate", "1", EXPIRED]);
     run("usermod", &["--expiredate", "", USER]);
 }
 
-fn user_processes(user: &str) -> Vec<String> {
-    let out = Command::new("pgrep")
-        .args(["-a", "-u", user])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 async fn wait_no_user_processes(limit: Duration) -> Vec<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left: Vec<String> = [USER, EXPIRED]
-            .iter()
-            .flat_map(|u| user_processes(u))
-            .collect();
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn uid_of(name: &str) -> u32 {
-    nix::unistd::User::from_name(name)
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
-}
-
-fn home_of(name: &str) -> PathBuf {
-    nix::unistd::User::from_name(name).unwrap().unwrap().dir
+    local::wait_no_user_processes(&[USER, EXPIRED], limit).await
 }
 
 fn cleanup_uep_dirs(mep: Uuid) {
-    for user in [USER, EXPIRED] {
-        if let Ok(entries) = std::fs::read_dir(home_of(user).join(".gantry")) {
-            for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .contains(&mep.to_string())
-                {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-    }
+    local::cleanup_uep_dirs(&[USER, EXPIRED], mep)
 }
 
 /// A PAM service of this test: `/etc/pam.d/<name>`, a pam_exec script that appends
@@ -209,43 +142,6 @@ impl Drop for PamService {
     }
 }
 
-/// A running `gantry-endpoint start mep`, killed when dropped.
-struct Mep {
-    child: Child,
-    home: PathBuf,
-}
-
-impl Mep {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("mep.err")).unwrap_or_default()
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.home.join("mep")
-    }
-
-    fn id(&self) -> Option<Uuid> {
-        let text = std::fs::read_to_string(self.dir().join("endpoint.json")).ok()?;
-        serde_json::from_str::<Value>(&text).ok()?["endpoint_id"]
-            .as_str()?
-            .parse()
-            .ok()
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-}
-
-impl Drop for Mep {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn write_mep(home: &Path, pam_service: &str) {
     let dir = home.join("mep");
     std::fs::create_dir_all(&dir).unwrap();
@@ -297,42 +193,9 @@ fn write_mep(home: &Path, pam_service: &str) {
 }
 
 async fn start_mep(service: &TestService, pam_service: &str) -> Mep {
-    let program = gantry_testkit::workspace_binary("gantry-endpoint", "gantry-endpoint");
-    let (client, secret) = service
-        .store()
-        .add_endpoint_client("gantry-mep")
-        .await
-        .unwrap();
     let home = gantry_testkit::fresh_temp_dir("gantry-mep");
     write_mep(&home, pam_service);
-    let child = Command::new(program)
-        .args(["start", "mep"])
-        .env("GANTRY_HOME", &home)
-        .env("GANTRY_CLIENT_ID", client.client_id.to_string())
-        .env("GANTRY_CLIENT_SECRET", &secret)
-        .env("GANTRY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(home.join("mep.out")).unwrap())
-        .stderr(std::fs::File::create(home.join("mep.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut mep = Mep { child, home };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(id) = mep.id()
-            && let Ok(Some(ep)) = service.store().endpoint(id).await
-            && ep.is_online(gantry_store::now_ms())
-        {
-            return mep;
-        }
-        assert!(!mep.exited(), "the MEP exited:\n{}", mep.log());
-        assert!(
-            Instant::now() < deadline,
-            "the MEP did not come online:\n{}",
-            mep.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    local::start_mep_in(service, home).await
 }
 
 /// The scientist's side: the official SDK submits `probe` and prints one JSON document

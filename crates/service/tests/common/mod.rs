@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod local;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
