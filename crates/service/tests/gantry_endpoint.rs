@@ -128,6 +128,15 @@ fn cleanup_uep_dirs(mep: Uuid) {
     local::cleanup_uep_dirs(&[ALICE, BOB], mep)
 }
 
+/// Ends a test: kills the MEP, gives its users' processes a moment to go, removes the
+/// UEP folders it made and stops the service (with its vhost).
+async fn tear_down(mep: Mep, mep_id: Uuid, service: TestService) {
+    drop(mep);
+    wait_no_user_processes(Duration::from_secs(5)).await;
+    cleanup_uep_dirs(mep_id);
+    service.stop().await;
+}
+
 fn require_root() {
     local::require_root("this test runs gantry-endpoint as a root MEP and creates local users");
 }
@@ -434,10 +443,7 @@ async fn refused_identities_and_variables_fail_the_task_with_the_reason() {
             .contains("ValueError: refused 'this'"),
         "{failed}"
     );
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,10 +529,7 @@ async fn a_batch_of_1000_tasks_returns_1000_correct_results() {
     .await;
     assert_eq!(out["count"], 1000, "{out}\n{}", mep.log());
     assert_eq!(out["wrong"], json!([]), "wrong results: {out}");
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
 
 /// Submits the sleeper, kills its worker with SIGKILL once it runs, and returns what the
@@ -577,10 +580,7 @@ async fn a_worker_killed_mid_task_fails_the_task_or_is_retried() {
     // The endpoint goes on: the next task runs.
     let ok = submit("probe", &alice, mep_id, json!({"ACCOUNT_ID": "20"})).await;
     assert_eq!(ok["result"]["user"], ALICE, "{ok}");
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,10 +616,7 @@ async fn an_idle_uep_stops_by_itself_and_the_next_submit_starts_it_again() {
     assert_eq!(after.len(), 1);
     assert_ne!(after, before);
     assert_eq!(service.store().ueps_of(mep_id).await.unwrap().len(), 1);
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
 
 fn workspace_file(path: &str) -> PathBuf {
@@ -703,10 +700,7 @@ async fn the_seed_script_runs_unchanged_against_the_quickstart_template() {
         "{stdout}"
     );
     assert_eq!(service.store().ueps_of(mep_id).await.unwrap().len(), 2);
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -771,10 +765,7 @@ async fn a_high_assurance_mep_audits_every_step_of_every_task() {
     }
     let meta = std::fs::metadata(&log_path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -918,8 +909,5 @@ async fn the_mep_and_its_ueps_reconnect_when_the_broker_drops_them() {
         "the UEP was restarted instead of reconnecting"
     );
     assert_eq!(service.store().ueps_of(mep_id).await.unwrap().len(), 1);
-    drop(mep);
-    wait_no_user_processes(Duration::from_secs(5)).await;
-    cleanup_uep_dirs(mep_id);
-    service.stop().await;
+    tear_down(mep, mep_id, service).await;
 }
