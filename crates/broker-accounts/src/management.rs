@@ -6,6 +6,7 @@ use serde_json::json;
 
 use gantry_broker::BrokerError;
 pub use gantry_broker::layout::Permissions;
+use gantry_broker::layout::{DEPLOYMENT_TAG_PREFIX, Deployment};
 
 /// A client for the management API at a base URL such as `http://guest:guest@127.0.0.1:15672`.
 #[derive(Debug, Clone)]
@@ -112,6 +113,67 @@ impl Management {
             None,
         )
         .await?;
+        self.grant_vhost(vhost).await
+    }
+
+    /// Creates the virtual host if missing and marks it as `deployment`'s, unless it is
+    /// another Gantry deployment's: two deployments in one virtual host would consume
+    /// each other's results and heartbeats (the queue names are the protocol's), so the
+    /// second is refused with a message that says to give it its own virtual host.
+    /// Checked again after marking, so that of two deployments starting at once on a
+    /// fresh virtual host only one goes on.
+    pub async fn claim_vhost(
+        &self,
+        vhost: &str,
+        deployment: &Deployment,
+    ) -> Result<(), BrokerError> {
+        let path = format!("/vhosts/{}", segment(vhost));
+        let (description, mut tags) = match self.get(&path).await? {
+            Some(existing) => (
+                existing
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                tags_of(&existing),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        let foreign = |tags: &[String]| {
+            tags.iter()
+                .find(|t| t.starts_with(DEPLOYMENT_TAG_PREFIX) && **t != deployment.tag())
+                .cloned()
+        };
+        if let Some(other) = foreign(&tags) {
+            return Err(foreign_vhost(vhost, &other));
+        }
+        if !tags.contains(&deployment.tag()) {
+            tags.push(deployment.tag());
+            let description = if description.is_empty() {
+                format!("Gantry deployment {deployment}")
+            } else {
+                description
+            };
+            self.send(
+                reqwest::Method::PUT,
+                &path,
+                Some(json!({"description": description, "tags": tags.join(",")})),
+            )
+            .await?;
+            let marked = self
+                .get(&path)
+                .await?
+                .map(|v| tags_of(&v))
+                .unwrap_or_default();
+            if let Some(other) = foreign(&marked) {
+                return Err(foreign_vhost(vhost, &other));
+            }
+        }
+        self.grant_vhost(vhost).await
+    }
+
+    /// Gives the management user full rights on the virtual host.
+    async fn grant_vhost(&self, vhost: &str) -> Result<(), BrokerError> {
         self.send(
             reqwest::Method::PUT,
             &format!("/permissions/{}/{}", segment(vhost), segment(&self.user)),
@@ -160,19 +222,33 @@ impl Management {
         self.delete_vhost(vhost).await
     }
 
-    /// Creates or updates an account (no management tags: it can only speak AMQP) and
-    /// sets exactly `permissions` on `vhost`.
+    /// Creates or updates an account of `deployment` (tagged with its tag, which grants
+    /// nothing: the account can only speak AMQP) and sets exactly `permissions` on
+    /// `vhost`. An existing account without the tag is someone else's: it is left as it
+    /// is and the call fails, so that no client-chosen id can ever make this service
+    /// reset a password it did not set.
     pub async fn put_account(
         &self,
+        deployment: &Deployment,
         vhost: &str,
         user: &str,
         password: &str,
         permissions: &Permissions,
     ) -> Result<(), BrokerError> {
+        let path = format!("/users/{}", segment(user));
+        if let Some(existing) = self.get(&path).await?
+            && !tags_of(&existing).contains(&deployment.tag())
+        {
+            return Err(BrokerError::NotOurs(format!(
+                "the RabbitMQ account {user:?} exists and is not Gantry deployment \
+                 {deployment}'s (it lacks the tag {}); it was left unchanged",
+                deployment.tag()
+            )));
+        }
         self.send(
             reqwest::Method::PUT,
-            &format!("/users/{}", segment(user)),
-            Some(json!({"password": password, "tags": ""})),
+            &path,
+            Some(json!({"password": password, "tags": deployment.tag()})),
         )
         .await?;
         self.send(
@@ -196,7 +272,9 @@ impl Management {
         Ok(())
     }
 
-    /// Removes an account; a missing one is not an error.
+    /// Removes an account; a missing one is not an error. RabbitMQ closes the
+    /// account's open connections with it (`CONNECTION_FORCED`), so a revoked login
+    /// stops at once, not at its next reconnect.
     pub async fn delete_account(&self, user: &str) -> Result<(), BrokerError> {
         self.send(
             reqwest::Method::DELETE,
@@ -205,6 +283,26 @@ impl Management {
         )
         .await?;
         Ok(())
+    }
+
+    /// Deletes a queue of `vhost`; a missing one is not an error.
+    pub async fn delete_queue(&self, vhost: &str, queue: &str) -> Result<(), BrokerError> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/queues/{}/{}", segment(vhost), segment(queue)),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A resource's JSON, or `None` when it does not exist.
+    async fn get(&self, path: &str) -> Result<Option<serde_json::Value>, BrokerError> {
+        match self.send(reqwest::Method::GET, path, None).await {
+            Ok(value) => Ok(value),
+            Err(BrokerError::Management { detail, .. }) if detail.starts_with("404") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the account exists.
@@ -222,4 +320,31 @@ impl Management {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The tags of a user or virtual host as the management API shows them (a list, or a
+/// comma-separated string in older versions).
+fn tags_of(resource: &serde_json::Value) -> Vec<String> {
+    match resource.get("tags") {
+        Some(serde_json::Value::Array(tags)) => tags
+            .iter()
+            .filter_map(|t| t.as_str())
+            .map(str::to_owned)
+            .collect(),
+        Some(serde_json::Value::String(tags)) => tags
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn foreign_vhost(vhost: &str, tag: &str) -> BrokerError {
+    BrokerError::NotOurs(format!(
+        "the RabbitMQ virtual host {vhost:?} belongs to another Gantry deployment ({tag}); \
+         two deployments cannot share one (they would consume each other's results): give \
+         this one its own, e.g. --amqp-url amqp://USER:PASSWORD@HOST:5672/gantry-2"
+    ))
 }

@@ -6,7 +6,7 @@
 use futures_lite::StreamExt;
 use gantry_broker::lapin::BasicProperties;
 use gantry_broker::layout::{
-    RESULTS_EXCHANGE, RESULTS_QUEUE, TASKS_EXCHANGE, endpoint_account, endpoint_permissions,
+    Deployment, RESULTS_EXCHANGE, RESULTS_QUEUE, TASKS_EXCHANGE, endpoint_permissions,
     result_routing_key, task_queue, task_routing_key,
 };
 use gantry_broker::{Broker, BrokerError, Outgoing};
@@ -17,6 +17,11 @@ use uuid::Uuid;
 struct Vhost {
     management: Management,
     name: String,
+    deployment: Deployment,
+}
+
+fn fresh_deployment() -> Deployment {
+    Deployment::parse(&Uuid::new_v4().simple().to_string()[..12]).unwrap()
 }
 
 impl Vhost {
@@ -24,8 +29,17 @@ impl Vhost {
         gantry_testkit::require_service("RabbitMQ management", "127.0.0.1:15672");
         let management = Management::new(&gantry_testkit::amqp_admin_url()).unwrap();
         let name = gantry_testkit::fresh_vhost_name();
-        management.ensure_vhost(&name).await.unwrap();
-        Vhost { management, name }
+        let deployment = fresh_deployment();
+        management.claim_vhost(&name, &deployment).await.unwrap();
+        Vhost {
+            management,
+            name,
+            deployment,
+        }
+    }
+
+    fn account(&self, ep: Uuid) -> String {
+        self.deployment.endpoint_account(ep)
     }
 
     fn url(&self, user: &str, password: &str) -> String {
@@ -38,10 +52,11 @@ impl Vhost {
 
     async fn endpoint(&self, admin: &Broker, ep: Uuid) -> Broker {
         admin.declare_endpoint_queue(ep, false).await.unwrap();
-        let account = endpoint_account(ep);
-        let password = account_password("test-secret", &account);
+        let account = self.account(ep);
+        let password = account_password("test-secret", &account, "salt");
         self.management
             .put_account(
+                &self.deployment,
                 &self.name,
                 &account,
                 &password,
@@ -54,8 +69,8 @@ impl Vhost {
 
     /// A new connection as endpoint `ep` (a refused operation closes the old one's channel).
     async fn connect_as(&self, ep: Uuid) -> Broker {
-        let account = endpoint_account(ep);
-        let password = account_password("test-secret", &account);
+        let account = self.account(ep);
+        let password = account_password("test-secret", &account, "salt");
         Broker::connect(&self.url(&account, &password))
             .await
             .unwrap()
@@ -71,7 +86,7 @@ impl Vhost {
             assert!(
                 !self
                     .management
-                    .account_exists(&endpoint_account(*ep))
+                    .account_exists(&self.account(*ep))
                     .await
                     .unwrap(),
                 "the account of {ep} went with its vhost"
@@ -149,11 +164,78 @@ async fn an_endpoint_reaches_only_its_own_queue_and_routing_keys() {
     assert_eq!(delivery.routing_key.as_str(), result_routing_key(a));
 
     // A wrong password is refused outright.
-    let wrong = Broker::connect(&vhost.url(&endpoint_account(a), "wrong"))
+    let wrong = Broker::connect(&vhost.url(&vhost.account(a), "wrong"))
         .await
         .unwrap_err();
     assert!(matches!(wrong, BrokerError::Connect { .. }));
 
     admin.close().await;
     vhost.drop_all(&[a, b]).await;
+}
+
+/// Account names are global to a RabbitMQ: an account this deployment did not make (an
+/// operator's, or another deployment's that happens to share the name) is never changed.
+#[tokio::test]
+async fn an_account_that_is_not_this_deployments_is_left_alone() {
+    let vhost = Vhost::new().await;
+    let ep = Uuid::new_v4();
+    let account = vhost.account(ep);
+    // Someone else's account of that name, without this deployment's tag.
+    let other = Management::new(&gantry_testkit::amqp_admin_url()).unwrap();
+    other
+        .put_account(
+            &fresh_deployment(),
+            &vhost.name,
+            &account,
+            "theirs",
+            &endpoint_permissions(ep, false),
+        )
+        .await
+        .unwrap();
+    let refused = vhost
+        .management
+        .put_account(
+            &vhost.deployment,
+            &vhost.name,
+            &account,
+            "mine",
+            &endpoint_permissions(ep, false),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BrokerError::NotOurs(message) if message.contains(&account)),
+        "{refused}"
+    );
+    // Its password is still theirs.
+    Broker::connect(&vhost.url(&account, "theirs"))
+        .await
+        .expect("the other account's password is unchanged");
+    assert!(Broker::connect(&vhost.url(&account, "mine")).await.is_err());
+    vhost.management.delete_account(&account).await.unwrap();
+    vhost.drop_all(&[]).await;
+}
+
+/// Two deployments in one virtual host would consume each other's results: the second
+/// is refused, and says what to do; the first may claim it again (a restart).
+#[tokio::test]
+async fn a_virtual_host_serves_one_deployment() {
+    let vhost = Vhost::new().await;
+    vhost
+        .management
+        .claim_vhost(&vhost.name, &vhost.deployment)
+        .await
+        .expect("the same deployment claims its virtual host again");
+    let refused = vhost
+        .management
+        .claim_vhost(&vhost.name, &fresh_deployment())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, BrokerError::NotOurs(message)
+            if message.contains(&vhost.name) && message.contains(&vhost.deployment.tag())
+                && message.contains("--amqp-url")),
+        "{refused}"
+    );
+    vhost.drop_all(&[]).await;
 }

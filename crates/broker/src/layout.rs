@@ -82,28 +82,67 @@ pub fn task_group_queue(identity: Uuid, task_group: Uuid) -> String {
     format!("{}{task_group}", user_queue_prefix(identity))
 }
 
-const ENDPOINT_ACCOUNT_PREFIX: &str = "gantry-ep-";
-const USER_ACCOUNT_PREFIX: &str = "gantry-user-";
+/// One Gantry deployment (one service database): 12 lowercase hex digits, made at
+/// random when the database is new. Broker account names carry it, because account
+/// names are global to a RabbitMQ while endpoint ids are chosen by clients: without it,
+/// a client of one deployment registering another deployment's endpoint id would name
+/// (and could take over) that deployment's account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Deployment(String);
 
-/// The broker account name of an endpoint.
-pub fn endpoint_account(ep: Uuid) -> String {
-    format!("{ENDPOINT_ACCOUNT_PREFIX}{ep}")
+impl Deployment {
+    /// Reads a deployment id; `None` unless it is 12 lowercase hex digits.
+    pub fn parse(text: &str) -> Option<Deployment> {
+        (text.len() == 12 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Deployment(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The tag this deployment puts on its broker accounts and its virtual host, by
+    /// which it tells its own from anyone else's.
+    pub fn tag(&self) -> String {
+        format!("{DEPLOYMENT_TAG_PREFIX}{}", self.0)
+    }
+
+    /// The broker account name of an endpoint of this deployment.
+    pub fn endpoint_account(&self, ep: Uuid) -> String {
+        format!("gantry-{}-ep-{ep}", self.0)
+    }
+
+    /// The broker account name of a user of this deployment (for reading results).
+    pub fn user_account(&self, identity: Uuid) -> String {
+        format!("gantry-{}-user-{identity}", self.0)
+    }
 }
 
-/// The broker account name of a user (for reading results).
-pub fn user_account(identity: Uuid) -> String {
-    format!("{USER_ACCOUNT_PREFIX}{identity}")
+impl std::fmt::Display for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// Whether an account name is one the service provisions (an endpoint's or a user's),
-/// as opposed to an operator's account such as the service's own.
+/// What every deployment tag starts with (see [`Deployment::tag`]).
+pub const DEPLOYMENT_TAG_PREFIX: &str = "gantry-deployment-";
+
+/// Whether an account name is one a Gantry service provisions (an endpoint's or a
+/// user's, of any deployment, or in the unscoped form of Gantry versions before
+/// deployments had ids), as opposed to an operator's account such as the service's own.
 pub fn is_provisioned_account(name: &str) -> bool {
-    [ENDPOINT_ACCOUNT_PREFIX, USER_ACCOUNT_PREFIX]
-        .iter()
-        .any(|prefix| {
-            name.strip_prefix(prefix)
-                .is_some_and(|id| Uuid::parse_str(id).is_ok())
-        })
+    let Some(rest) = name.strip_prefix("gantry-") else {
+        return false;
+    };
+    let rest = match rest.split_once('-') {
+        Some((deployment, tail)) if Deployment::parse(deployment).is_some() => tail,
+        _ => rest,
+    };
+    ["ep-", "user-"].iter().any(|kind| {
+        rest.strip_prefix(kind)
+            .is_some_and(|id| Uuid::parse_str(id).is_ok())
+    })
 }
 
 fn escape(text: &str) -> String {
@@ -162,11 +201,34 @@ mod tests {
     #[test]
     fn provisioned_accounts_are_told_from_operator_accounts() {
         let id = Uuid::new_v4();
-        assert!(is_provisioned_account(&endpoint_account(id)));
-        assert!(is_provisioned_account(&user_account(id)));
+        let deployment = Deployment::parse("0123456789ab").unwrap();
+        assert!(is_provisioned_account(&deployment.endpoint_account(id)));
+        assert!(is_provisioned_account(&deployment.user_account(id)));
+        assert!(is_provisioned_account(&format!("gantry-ep-{id}")));
+        assert!(is_provisioned_account(&format!("gantry-user-{id}")));
         assert!(!is_provisioned_account("guest"));
         assert!(!is_provisioned_account("gantry-ep-admin"));
+        assert!(!is_provisioned_account("gantry-0123456789ab-ep-admin"));
         assert!(!is_provisioned_account(&format!("x-gantry-ep-{id}")));
+    }
+
+    #[test]
+    fn deployments_name_their_accounts_apart() {
+        let id = Uuid::new_v4();
+        let a = Deployment::parse("0123456789ab").unwrap();
+        let b = Deployment::parse("ba9876543210").unwrap();
+        assert_ne!(a.endpoint_account(id), b.endpoint_account(id));
+        assert_ne!(a.endpoint_account(id), a.user_account(id));
+        assert_eq!(a.tag(), "gantry-deployment-0123456789ab");
+        for bad in [
+            "",
+            "0123456789a",
+            "0123456789abc",
+            "0123456789AB",
+            "../../etc/xx",
+        ] {
+            assert!(Deployment::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -68,4 +68,8 @@ pub enum BrokerError {
         /// What came back.
         detail: String,
     },
+    /// An account or virtual host that this deployment would change belongs to someone
+    /// else (another Gantry deployment, or an operator); it was left as it is.
+    #[error("{0}")]
+    NotOurs(String),
 }

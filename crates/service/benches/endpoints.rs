@@ -42,6 +42,7 @@ use gantry_broker::lapin::options::{
 use gantry_broker::lapin::types::FieldTable;
 use gantry_broker::layout::{HEARTBEATS_EXCHANGE, sender_of};
 use gantry_protocol::messagepack::Message;
+use gantry_service::master_secret::MasterSecretSource;
 use gantry_service::server::{RunningService, ServeConfig, start};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -1382,6 +1383,7 @@ async fn run(report: &mut Report) {
         client_token_lifetime_s: 3600,
         // As deployed: a start command is repeated only after a minute unanswered.
         start_retry_after: Duration::from_secs(60),
+        master_secret: MasterSecretSource::File(db.join("broker.key")),
     })
     .await
     .unwrap();
@@ -1391,7 +1393,7 @@ async fn run(report: &mut Report) {
     // A plain endpoint: it creates the task group's queue, and runs the echo row.
     let (echo_client, _) = store.add_endpoint_client("bench-echo").await.unwrap();
     let echo_token = store
-        .issue_client_token(echo_client.client_id, "funcx_service", 3_600_000)
+        .issue_client_token(&echo_client, "funcx_service", 3_600_000)
         .await
         .unwrap();
     let registration =

@@ -17,6 +17,7 @@ use gantry_broker::Broker;
 use gantry_broker::lapin::options::BasicAckOptions;
 use gantry_protocol::messagepack::Message;
 use gantry_protocol::packed::pack_buffers;
+use gantry_service::master_secret::MasterSecretSource;
 use gantry_service::server::{ServeConfig, start};
 use gantry_test_endpoint::{Executor, creds_of, register, run_uep};
 use serde_json::{Value, json};
@@ -41,7 +42,7 @@ async fn setup(
     let (_, token) = store.add_user("bench").await.unwrap();
     let (client, _) = store.add_endpoint_client("bench-site").await.unwrap();
     let client_token = store
-        .issue_client_token(client.client_id, "funcx_service", 3_600_000)
+        .issue_client_token(&client, "funcx_service", 3_600_000)
         .await
         .unwrap();
     let registration =
@@ -151,6 +152,9 @@ async fn run(backend: &str, database_url: String) -> Vec<String> {
         max_body_bytes: 64 * 1024 * 1024,
         client_token_lifetime_s: 3600,
         start_retry_after: std::time::Duration::from_secs(3),
+        master_secret: MasterSecretSource::File(
+            gantry_testkit::fresh_temp_dir("bench-key").join("broker.key"),
+        ),
     })
     .await
     .unwrap();
@@ -221,6 +225,9 @@ async fn submit_memory(backend: &str, database_url: String) -> String {
         max_body_bytes: 64 * 1024 * 1024,
         client_token_lifetime_s: 3600,
         start_retry_after: std::time::Duration::from_secs(3),
+        master_secret: MasterSecretSource::File(
+            gantry_testkit::fresh_temp_dir("bench-key").join("broker.key"),
+        ),
     })
     .await
     .unwrap();
@@ -228,7 +235,7 @@ async fn submit_memory(backend: &str, database_url: String) -> String {
     let (_, token) = store.add_user("bench").await.unwrap();
     let (client, _) = store.add_endpoint_client("bench-site").await.unwrap();
     let client_token = store
-        .issue_client_token(client.client_id, "funcx_service", 3_600_000)
+        .issue_client_token(&client, "funcx_service", 3_600_000)
         .await
         .unwrap();
     let registration =

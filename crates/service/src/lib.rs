@@ -10,12 +10,14 @@
 //!
 //! The binary `gantry-service` is a thin CLI over [`server::start`] and the store.
 
+pub mod admin;
 pub mod auth;
 pub mod consumers;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod logging;
+pub mod master_secret;
 pub mod queues;
 pub mod routes;
 pub mod server;

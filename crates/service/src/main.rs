@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use gantry_broker_accounts::management::Management;
+use gantry_service::admin::BrokerCleanup;
 use gantry_service::logging;
+use gantry_service::master_secret::MasterSecretSource;
 use gantry_service::server::{Limits, ServeConfig, start_with_limits};
 use gantry_store::Store;
 use serde_json::json;
@@ -24,13 +27,39 @@ enum Command {
     /// Serve the REST API and route tasks (the default SDK environment "local" expects
     /// http://localhost:5000).
     Serve(ServeArgs),
-    /// Manage users, tokens and endpoint clients (prints JSON).
+    /// Manage users, tokens, clients and endpoints (prints JSON). Commands that revoke
+    /// or delete also remove the RabbitMQ accounts the credentials could open, through
+    /// the management API (--amqp-url, --amqp-admin-url as for serve).
     Admin {
         #[command(flatten)]
         database: DatabaseArg,
+        #[command(flatten)]
+        broker: BrokerArgs,
         #[command(subcommand)]
         action: AdminAction,
     },
+}
+
+#[derive(Args)]
+struct BrokerArgs {
+    /// The service's AMQP URL (an account that may configure the vhost); the path names
+    /// the vhost (%2f for "/").
+    #[arg(
+        long,
+        env = "GANTRY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
+    amqp_url: String,
+    /// RabbitMQ's management API, used to create (and on revocation remove)
+    /// per-endpoint and per-user accounts.
+    #[arg(
+        long,
+        env = "GANTRY_AMQP_ADMIN_URL",
+        default_value = "http://guest:guest@127.0.0.1:15672",
+        global = true
+    )]
+    amqp_admin_url: String,
 }
 
 #[derive(Args)]
@@ -46,14 +75,37 @@ impl DatabaseArg {
         if let Some(url) = &self.database_url {
             return Ok(url.clone());
         }
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .context("HOME is not set; pass --database-url")?;
-        let dir = home.join(".gantry");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(format!("sqlite://{}", dir.join("service.db").display()))
+        Ok(format!(
+            "sqlite://{}",
+            private_gantry_dir()?.join("service.db").display()
+        ))
     }
+}
+
+/// `~/.gantry`, made 0700 if missing, and made private if it was not: it holds the
+/// database and the broker key file.
+fn private_gantry_dir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set; pass --database-url and --broker-key-file")?;
+    let dir = home.join(".gantry");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let mode = std::fs::metadata(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+        tracing::warn!(dir = %dir.display(), "made the folder private (it was {mode:04o}, now 0700)");
+    }
+    Ok(dir)
 }
 
 #[derive(Args)]
@@ -63,21 +115,14 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     database: DatabaseArg,
-    /// The service's AMQP URL (an account that may configure the vhost); the path names
-    /// the vhost (%2f for "/").
-    #[arg(
-        long,
-        env = "GANTRY_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// RabbitMQ's management API, used to create per-endpoint and per-user accounts.
-    #[arg(
-        long,
-        env = "GANTRY_AMQP_ADMIN_URL",
-        default_value = "http://guest:guest@127.0.0.1:15672"
-    )]
-    amqp_admin_url: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// The file holding the secret every broker password is derived from; made (0600,
+    /// with a random secret) when missing. Back it up with the database. The
+    /// environment variable GANTRY_BROKER_SECRET, when set, is used instead of any file.
+    /// [default: ~/.gantry/broker.key]
+    #[arg(long, env = "GANTRY_BROKER_KEY_FILE")]
+    broker_key_file: Option<PathBuf>,
     /// The broker's address as endpoints and SDKs reach it, e.g. amqp://broker.example.org:5672
     /// [default: the host and port of --amqp-url]
     #[arg(long, env = "GANTRY_PUBLIC_AMQP_URL")]
@@ -116,9 +161,38 @@ enum AdminAction {
         /// A name for the client, e.g. the site's name.
         name: String,
     },
+    /// Create a client whose tokens act as a user, for scripts that sign in on their own
+    /// (the SDK reads GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET);
+    /// prints {"client_id","client_secret","name","acts_as"}. The secret is shown once.
+    AddUserClient {
+        /// The user the client acts as.
+        username: String,
+    },
+    /// List endpoint and user clients: id, name, whom a user client acts as, whether
+    /// revoked, working tokens, endpoints registered.
+    ListClients,
+    /// Revoke a client (by id or name): its secret mints no more tokens, its tokens stop
+    /// working, its endpoints are locked (their waiting tasks fail with a message that
+    /// says so) and their RabbitMQ accounts are removed, which closes their connections.
+    /// For a user client, the user's result login gets a new password too. Safe to run
+    /// again.
+    RevokeClient {
+        /// The client's id or name.
+        client: String,
+    },
+    /// Delete an endpoint (and, for a multi-user endpoint, its user endpoints): their
+    /// waiting tasks fail with a message that says so, their queues and RabbitMQ
+    /// accounts go. Finished tasks and results stay readable.
+    DeleteEndpoint {
+        /// The endpoint's id.
+        endpoint_id: uuid::Uuid,
+    },
     /// List users and their number of active tokens.
     ListUsers,
-    /// Revoke one token, or every token of a user or client with --user.
+    /// Revoke one token, or every token of a user or client with --user. Revoking a
+    /// user's token also gives the user's RabbitMQ result login a new password (the
+    /// token could have fetched it); the user's other sessions reconnect with their own
+    /// tokens.
     RevokeToken {
         /// The token to revoke.
         #[arg(required_unless_present = "user", conflicts_with = "user")]
@@ -148,11 +222,20 @@ fn init_tracing() {
     }
 }
 
-async fn admin(database: &DatabaseArg, action: AdminAction) -> anyhow::Result<serde_json::Value> {
+async fn admin(
+    database: &DatabaseArg,
+    broker: &BrokerArgs,
+    action: AdminAction,
+) -> anyhow::Result<serde_json::Value> {
     let url = database.url()?;
     let store = Store::connect(&url)
         .await
         .context("cannot open the database")?;
+    let cleanup = || async {
+        let management = Management::new(&broker.amqp_admin_url)?;
+        let vhost = gantry_service::server::vhost_of(&broker.amqp_url)?;
+        anyhow::Ok(BrokerCleanup::for_store(&store, management, vhost).await?)
+    };
     Ok(match action {
         AdminAction::AddUser { username } => {
             if username.trim().is_empty() {
@@ -172,6 +255,57 @@ async fn admin(database: &DatabaseArg, action: AdminAction) -> anyhow::Result<se
             let (client, secret) = store.add_endpoint_client(&name).await?;
             json!({"client_id": client.client_id, "client_secret": secret, "name": client.name})
         }
+        AdminAction::AddUserClient { username } => {
+            let (client, secret) = store.add_user_client(&username).await?;
+            json!({
+                "client_id": client.client_id,
+                "client_secret": secret,
+                "name": client.name,
+                "acts_as": username,
+            })
+        }
+        AdminAction::ListClients => json!(
+            store
+                .list_clients()
+                .await?
+                .iter()
+                .map(|summary| json!({
+                    "client_id": summary.client.client_id,
+                    "name": summary.client.name,
+                    "kind": if summary.client.acts_as.is_some() { "user" } else { "endpoint" },
+                    "acts_as": summary.acts_as_username,
+                    "revoked": summary.client.revoked_at.is_some(),
+                    "active_tokens": summary.active_tokens,
+                    "endpoints": summary.endpoints,
+                }))
+                .collect::<Vec<_>>()
+        ),
+        AdminAction::RevokeClient { client } => {
+            let (client, revocation) = store.revoke_client(&client).await?;
+            let accounts = cleanup().await?.remove_revoked(&revocation).await?;
+            json!({
+                "client_id": client.client_id,
+                "name": client.name,
+                "revoked_tokens": revocation.tokens,
+                "locked_endpoints": revocation.endpoints,
+                "failed_tasks": revocation.failed_tasks,
+                "removed_broker_accounts": accounts,
+            })
+        }
+        AdminAction::DeleteEndpoint { endpoint_id } => {
+            let endpoint = store
+                .endpoint(endpoint_id)
+                .await?
+                .with_context(|| format!("no endpoint {endpoint_id}"))?;
+            if endpoint.uep.is_some() {
+                anyhow::bail!(
+                    "{endpoint_id} is a user endpoint; delete its multi-user endpoint, or \
+                     let it stop by itself when idle"
+                );
+            }
+            let (removed, failed) = cleanup().await?.delete_endpoint(&store, &endpoint).await?;
+            json!({"removed": removed, "failed_tasks": failed})
+        }
         AdminAction::ListUsers => {
             let users = store.list_users().await?;
             json!(
@@ -188,15 +322,19 @@ async fn admin(database: &DatabaseArg, action: AdminAction) -> anyhow::Result<se
         AdminAction::RevokeToken {
             token: Some(token), ..
         } => {
-            if !store.revoke_token(&token).await? {
-                anyhow::bail!("no active token matches; it may be revoked already");
-            }
-            json!({"revoked": 1})
+            let revocation = store
+                .revoke_token(&token)
+                .await?
+                .context("no active token matches; it may be revoked already")?;
+            cleanup().await?.remove_revoked(&revocation).await?;
+            json!({"revoked": revocation.tokens})
         }
         AdminAction::RevokeToken {
             user: Some(user), ..
         } => {
-            json!({"revoked": store.revoke_tokens_of(&user).await?})
+            let revocation = store.revoke_tokens_of(&user).await?;
+            cleanup().await?.remove_revoked(&revocation).await?;
+            json!({"revoked": revocation.tokens})
         }
         AdminAction::RevokeToken { .. } => anyhow::bail!("give a token or --user"),
     })
@@ -204,11 +342,18 @@ async fn admin(database: &DatabaseArg, action: AdminAction) -> anyhow::Result<se
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Whatever the caller's umask, what the service creates (the SQLite database and
+    // its journals, the broker key file) is its account's alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     init_tracing();
     let outcome = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Admin { database, action } => admin(&database, action).await.map(|value| {
+        Command::Admin {
+            database,
+            broker,
+            action,
+        } => admin(&database, &broker, action).await.map(|value| {
             println!("{value:#}");
         }),
     };
@@ -225,12 +370,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         listen: args.listen,
         database_url: args.database.url()?,
-        amqp_url: args.amqp_url,
-        amqp_admin_url: args.amqp_admin_url,
+        amqp_url: args.broker.amqp_url,
+        amqp_admin_url: args.broker.amqp_admin_url,
         public_amqp_url: args.public_amqp_url,
         max_body_bytes: args.max_body_mb.saturating_mul(1024 * 1024),
         client_token_lifetime_s: args.client_token_lifetime_s,
         start_retry_after: std::time::Duration::from_secs(args.start_retry_after_s.max(1)),
+        master_secret: match std::env::var("GANTRY_BROKER_SECRET") {
+            Ok(value) if !value.is_empty() => MasterSecretSource::Value(value),
+            _ => MasterSecretSource::File(match args.broker_key_file {
+                Some(path) => path,
+                None => private_gantry_dir()?.join("broker.key"),
+            }),
+        },
     };
     let limits = Limits {
         max_submit_expanded_bytes: args.max_submit_expanded_mb.saturating_mul(1024 * 1024),

@@ -5,10 +5,11 @@
 use gantry_broker::BrokerError;
 use gantry_broker::layout::{
     HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE, command_queue,
-    endpoint_account, endpoint_permissions, heartbeat_routing_key, result_routing_key, task_queue,
+    endpoint_permissions, heartbeat_routing_key, result_routing_key, task_queue,
 };
 use gantry_protocol::command::AmqpCreds;
 use gantry_protocol::rest::{EndpointRegistrationResponse, QueueInfo, QueuePublishKwargs};
+use gantry_store::EndpointRecord;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -59,19 +60,23 @@ pub fn task_info(url: &str, ep: Uuid) -> QueueInfo {
 /// Declares an endpoint's queue, provisions its account, and describes both.
 pub async fn provision_endpoint(
     state: &AppState,
-    ep: Uuid,
-    multi_user: bool,
+    endpoint: &EndpointRecord,
 ) -> Result<EndpointRegistrationResponse, BrokerError> {
+    let (ep, multi_user) = (endpoint.endpoint_id, endpoint.multi_user);
     state
         .broker()
         .await?
         .declare_endpoint_queue(ep, multi_user)
         .await?;
-    let account = endpoint_account(ep);
+    let account = state.settings.deployment.endpoint_account(ep);
     state
-        .provision_account(&account, &endpoint_permissions(ep, multi_user))
+        .provision_account(
+            &account,
+            &endpoint.broker_salt,
+            &endpoint_permissions(ep, multi_user),
+        )
         .await?;
-    let url = state.client_amqp_url(&account);
+    let url = state.client_amqp_url(&account, &endpoint.broker_salt);
     Ok(if multi_user {
         EndpointRegistrationResponse {
             endpoint_id: ep,
@@ -97,8 +102,12 @@ pub async fn provision_endpoint(
 }
 
 /// Provisions a user endpoint's queue and account, for the start command.
-pub async fn provision_uep(state: &AppState, uep: Uuid) -> Result<AmqpCreds, BrokerError> {
-    let registration = provision_endpoint(state, uep, false).await?;
+pub async fn provision_uep(
+    state: &AppState,
+    uep_record: &EndpointRecord,
+) -> Result<AmqpCreds, BrokerError> {
+    let uep = uep_record.endpoint_id;
+    let registration = provision_endpoint(state, uep_record).await?;
     let url = registration.heartbeat_queue_info.connection_url.clone();
     Ok(AmqpCreds {
         endpoint_id: uep,

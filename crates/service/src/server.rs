@@ -37,6 +37,8 @@ pub struct ServeConfig {
     /// How long a UEP's tasks may wait unanswered before its MEP is asked again to
     /// start it.
     pub start_retry_after: std::time::Duration,
+    /// Where the broker master secret comes from (see [`crate::master_secret`]).
+    pub master_secret: crate::master_secret::MasterSecretSource,
 }
 
 /// Limits on what one request may make the service and the broker hold, beyond
@@ -122,7 +124,7 @@ async fn shutdown_signal() {
 }
 
 /// The vhost named by an AMQP URL's path (`/` when absent).
-fn vhost_of(amqp_url: &str) -> anyhow::Result<String> {
+pub fn vhost_of(amqp_url: &str) -> anyhow::Result<String> {
     let parsed = url::Url::parse(amqp_url)
         .with_context(|| format!("bad --amqp-url {:?}", redact_url(amqp_url)))?;
     let path = parsed.path().trim_start_matches('/');
@@ -182,13 +184,12 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
                 redact_url(&config.database_url)
             )
         })?;
-    let broker_secret = store
-        .setting_or_init("broker_secret", || gantry_store::secret::new_secret(""))
-        .await?;
+    let broker_secret = crate::master_secret::load(&store, &config.master_secret).await?;
+    let deployment = deployment_of(&store).await?;
     let vhost = vhost_of(&config.amqp_url)?;
     let management = Management::new(&config.amqp_admin_url)?;
     management
-        .ensure_vhost(&vhost)
+        .claim_vhost(&vhost, &deployment)
         .await
         .context("cannot set up RabbitMQ through its management API (is the rabbitmq_management plugin enabled?)")?;
     let shared_broker = SharedBroker::connect(&config.amqp_url).await?;
@@ -202,6 +203,7 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
             public_amqp_scheme,
             vhost,
             broker_secret,
+            deployment,
             max_body_bytes: config.max_body_bytes,
             max_submit_expanded_bytes: limits.max_submit_expanded_bytes,
             client_token_lifetime_s: config.client_token_lifetime_s,
@@ -249,6 +251,19 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
         state,
         shutdown,
         tasks,
+    })
+}
+
+/// This database's deployment id, made at random the first time (see
+/// [`gantry_broker::layout::Deployment`]).
+pub async fn deployment_of(store: &Store) -> anyhow::Result<gantry_broker::layout::Deployment> {
+    let text = store
+        .setting_or_init("deployment_id", || {
+            gantry_store::secret::new_salt()[..12].to_owned()
+        })
+        .await?;
+    gantry_broker::layout::Deployment::parse(&text).ok_or_else(|| {
+        anyhow::anyhow!("the database's deployment_id setting {text:?} is not 12 hex digits")
     })
 }
 
@@ -339,6 +354,7 @@ mod tests {
             max_body_bytes: 1024,
             client_token_lifetime_s: 60,
             start_retry_after: std::time::Duration::from_secs(60),
+            master_secret: crate::master_secret::MasterSecretSource::File(dir.join("broker.key")),
         };
         let error = match start(config).await {
             Ok(_) => panic!("a management URL that is not http(s) must be refused"),

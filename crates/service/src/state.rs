@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use gantry_broker::layout::Deployment;
 use gantry_broker::{Broker, BrokerError, SharedBroker};
 use gantry_broker_accounts::management::Management;
 use gantry_store::Store;
@@ -18,8 +19,11 @@ pub struct ServiceSettings {
     pub public_amqp_scheme: String,
     /// The virtual host everything lives in.
     pub vhost: String,
-    /// The secret broker passwords are derived from (stored in the database).
+    /// The secret broker passwords are derived from (kept outside the database, see
+    /// [`crate::master_secret`]).
     pub broker_secret: String,
+    /// This deployment's id, which its broker account names carry.
+    pub deployment: Deployment,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// The most bytes of task messages one submit may make (see
@@ -43,10 +47,13 @@ pub struct AppState {
     pub management: Management,
     /// Settings.
     pub settings: Arc<ServiceSettings>,
-    /// Broker accounts provisioned since this process started. Passwords derive from
-    /// the secret, so an account once set up stays valid; this saves the management
-    /// API calls on every submit.
-    pub provisioned: Arc<Mutex<HashSet<String>>>,
+    /// Broker accounts provisioned since this process started, by name and salt.
+    /// Passwords derive from the secret and the salt, so an account once set up stays
+    /// valid until its salt changes (a revocation, perhaps by an administrator's command
+    /// in another process: the new salt is then not in here, and the account is set up
+    /// again with its new password); this saves the management API calls on every
+    /// submit.
+    pub provisioned: Arc<Mutex<HashSet<(String, String)>>>,
     /// One gate per endpoint, held while its tasks are published and while a failed
     /// start purges and fails them, so that no task is both reported failed and left
     /// on its queue to run later. (One entry per endpoint that received tasks since
@@ -70,11 +77,12 @@ impl AppState {
         self.shared_broker.get().await
     }
 
-    /// The AMQP URL of `account` as clients reach the broker.
-    pub fn client_amqp_url(&self, account: &str) -> String {
+    /// The AMQP URL of `account` (with its current `salt`) as clients reach the broker.
+    pub fn client_amqp_url(&self, account: &str, salt: &str) -> String {
         let password = gantry_broker_accounts::credentials::account_password(
             &self.settings.broker_secret,
             account,
+            salt,
         );
         let vhost = url_escape(&self.settings.vhost);
         format!(
@@ -83,32 +91,42 @@ impl AppState {
         )
     }
 
-    /// Creates a broker account with exactly `permissions`, once per process.
+    /// Creates a broker account with exactly `permissions` and the password of its
+    /// current `salt`, once per process and salt.
     pub async fn provision_account(
         &self,
         account: &str,
+        salt: &str,
         permissions: &gantry_broker::layout::Permissions,
     ) -> Result<(), BrokerError> {
-        if self.provisioned.lock().expect("lock").contains(account) {
+        let key = (account.to_owned(), salt.to_owned());
+        if self.provisioned.lock().expect("lock").contains(&key) {
             return Ok(());
         }
         let password = gantry_broker_accounts::credentials::account_password(
             &self.settings.broker_secret,
             account,
+            salt,
         );
         self.management
-            .put_account(&self.settings.vhost, account, &password, permissions)
+            .put_account(
+                &self.settings.deployment,
+                &self.settings.vhost,
+                account,
+                &password,
+                permissions,
+            )
             .await?;
-        self.provisioned
-            .lock()
-            .expect("lock")
-            .insert(account.to_owned());
+        self.provisioned.lock().expect("lock").insert(key);
         Ok(())
     }
 
-    /// Forgets that an account was provisioned (it was deleted).
+    /// Forgets that an account was provisioned, whatever its salt (it was deleted).
     pub fn forget_account(&self, account: &str) {
-        self.provisioned.lock().expect("lock").remove(account);
+        self.provisioned
+            .lock()
+            .expect("lock")
+            .retain(|(name, _)| name != account);
     }
 }
 

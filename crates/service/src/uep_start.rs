@@ -104,7 +104,7 @@ pub async fn request_start(
     {
         return Ok(false);
     }
-    let creds = provision_uep(state, uep.endpoint_id).await?;
+    let creds = provision_uep(state, uep).await?;
     let command = start_command(identity, &uep.name, binding, creds);
     tokio::time::timeout(
         COMMAND_PUBLISH_WAIT,

@@ -75,6 +75,9 @@ pub struct EndpointRecord {
     pub start_requested_at: Option<i64>,
     /// When it was created (ms).
     pub created_at: i64,
+    /// Mixed into the password of its broker account; new for every new row (so an id
+    /// deleted and registered again gets a new password) and changed on revocation.
+    pub broker_salt: String,
 }
 
 impl EndpointRecord {
@@ -169,6 +172,7 @@ fn endpoint_from_row(row: &AnyRow) -> StoreResult<EndpointRecord> {
         global_state: object_of(row.try_get("global_state")?, "global state")?,
         start_requested_at: row.try_get("start_requested_at")?,
         created_at: row.try_get("created_at")?,
+        broker_salt: row.try_get("broker_salt")?,
     })
 }
 
@@ -233,7 +237,8 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO endpoints (endpoint_id, owner_identity_id, name, display_name, \
                        multi_user, public, high_assurance, allowed_functions, metadata, locked, \
-                       created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+                       created_at, broker_salt) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11)",
                 )
                 .bind(endpoint_id.to_string())
                 .bind(owner.to_string())
@@ -245,6 +250,7 @@ impl Store {
                 .bind(allowed)
                 .bind(metadata)
                 .bind(now_ms())
+                .bind(crate::secret::new_salt())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -266,8 +272,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO endpoints (endpoint_id, owner_identity_id, name, multi_user, public, \
                high_assurance, metadata, parent_endpoint_id, user_identity_id, user_config, \
-               user_runtime, locked, created_at) \
-             VALUES ($1, $2, $3, 0, 0, 0, '{}', $4, $2, $5, $6, 0, $7) \
+               user_runtime, locked, created_at, broker_salt) \
+             VALUES ($1, $2, $3, 0, 0, 0, '{}', $4, $2, $5, $6, 0, $7, $8) \
              ON CONFLICT (endpoint_id) DO UPDATE SET user_runtime = $6 \
                WHERE endpoints.parent_endpoint_id = $4 AND endpoints.user_identity_id = $2",
         )
@@ -278,6 +284,7 @@ impl Store {
         .bind(json_text(&binding.user_config))
         .bind(json_text(&binding.user_runtime))
         .bind(now_ms())
+        .bind(crate::secret::new_salt())
         .execute(&self.pool)
         .await?;
         let uep = self

@@ -29,7 +29,10 @@ use sqlx::any::AnyPoolOptions;
 use uuid::Uuid;
 
 pub use endpoints::{EndpointRecord, EndpointRegistration, UepBinding, announces_stop};
-pub use identities::{EndpointClient, Identity, IdentityKind, Principal, TokenKind};
+pub use identities::{
+    CLIENT_REVOKED_CODE, ClientSummary, EndpointClient, Identity, IdentityKind, Principal,
+    Revocation, TokenKind,
+};
 pub use tasks::{
     FunctionRecord, NewFunction, NewSubmit, NewTask, StoredResult, SubmittedBatch, TaskRecord,
     TaskStatus, error_details_of,
@@ -74,6 +77,9 @@ impl Store {
         // An in-memory database is named so (`sqlite::memory:`); a file whose path merely
         // contains the word must still be created.
         let in_memory = url.contains(":memory:");
+        if is_sqlite && !in_memory {
+            private_sqlite_files(url)?;
+        }
         let url = if is_sqlite && !in_memory && !url.contains("mode=") {
             let separator = if url.contains('?') { '&' } else { '?' };
             format!("{url}{separator}mode=rwc")
@@ -145,6 +151,15 @@ impl Store {
         )
     }
 
+    /// Removes a setting; a missing one is not an error.
+    pub async fn delete_setting(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The setting `key`, set to `make()` first if it had no value. Safe when several
     /// service processes start at once: the first writer wins and all read its value.
     pub async fn setting_or_init(
@@ -163,6 +178,50 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("setting {key} vanished")))
     }
+}
+
+/// Creates a SQLite database file readable by its owner alone (0600, whatever the umask),
+/// or takes group and other access away from an existing one and from its `-wal` and
+/// `-shm` companions: the file holds everyone's tasks and results. SQLite gives the
+/// companions it creates the main file's mode, so new ones are private too.
+fn private_sqlite_files(url: &str) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() {
+        return Ok(());
+    }
+    let io = |what: &str, e: std::io::Error| {
+        StoreError::Database(sqlx::Error::Configuration(
+            format!("cannot {what} the database file {path}: {e}").into(),
+        ))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("create", e))?;
+    for file in [
+        path.to_owned(),
+        format!("{path}-wal"),
+        format!("{path}-shm"),
+    ] {
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| io("restrict", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the epoch, the store's unit of time.

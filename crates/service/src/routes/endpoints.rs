@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use gantry_broker::layout::{command_queue, endpoint_account, task_queue};
+use gantry_broker::layout::{command_queue, task_queue};
 use gantry_protocol::rest::{
     EndpointRegistrationRequest, EndpointRegistrationResponse, EndpointStatusResponse,
 };
@@ -125,7 +125,7 @@ async fn register(
             gantry_store::StoreError::Conflict(_) => not_found(endpoint_id),
             other => other.into(),
         })?;
-    let response = provision_endpoint(state, stored.endpoint_id, stored.multi_user).await?;
+    let response = provision_endpoint(state, &stored).await?;
     tracing::info!(
         endpoint_id = %endpoint_id, multi_user = stored.multi_user,
         client = %caller.0.identity.username, "endpoint registered"
@@ -364,8 +364,9 @@ async fn cleanup_broker(state: &AppState, ep: Uuid, multi_user: bool) {
     if let Err(error) = deleted {
         tracing::warn!(%error, endpoint_id = %ep, "could not delete the endpoint's queue");
     }
-    if let Err(error) = state.management.delete_account(&endpoint_account(ep)).await {
+    let account = state.settings.deployment.endpoint_account(ep);
+    if let Err(error) = state.management.delete_account(&account).await {
         tracing::warn!(%error, endpoint_id = %ep, "could not delete the endpoint's broker account");
     }
-    state.forget_account(&endpoint_account(ep));
+    state.forget_account(&account);
 }

@@ -127,7 +127,7 @@ pub async fn token(
         let scope = scopes.join(" ");
         let token = state
             .store
-            .issue_client_token(client.client_id, &scope, lifetime * 1000)
+            .issue_client_token(&client, &scope, lifetime * 1000)
             .await?;
         tokens.push(json!({
             "access_token": token,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gantry_broker::layout::{task_group_queue, user_account, user_permissions, user_queue_prefix};
+use gantry_broker::layout::{task_group_queue, user_permissions, user_queue_prefix};
 use gantry_protocol::packed::unpack_buffers;
 use gantry_protocol::rest::{
     AmqpResultUrlResponse, BatchStatusRequest, BatchStatusResponse, SubmitRequest, SubmitResponse,
@@ -320,7 +320,7 @@ async fn route_submit(
     };
     let uep = state.store.ensure_uep(uep_id, &binding).await?;
     // Its queue exists before its tasks are published, whether or not it runs.
-    provision_uep(state, uep_id).await?;
+    provision_uep(state, &uep).await?;
     let online = uep.is_online(gantry_store::now_ms());
     Ok(Route {
         target: uep_id,
@@ -516,12 +516,13 @@ pub async fn amqp_result_url(
     caller: Caller,
 ) -> ApiResult<Json<AmqpResultUrlResponse>> {
     caller.require_user()?;
-    let account = user_account(caller.identity_id());
+    let account = state.settings.deployment.user_account(caller.identity_id());
+    let salt = &caller.0.identity.broker_salt;
     state
-        .provision_account(&account, &user_permissions(caller.identity_id()))
+        .provision_account(&account, salt, &user_permissions(caller.identity_id()))
         .await?;
     Ok(Json(AmqpResultUrlResponse {
-        connection_url: state.client_amqp_url(&account),
+        connection_url: state.client_amqp_url(&account, salt),
         queue_prefix: user_queue_prefix(caller.identity_id()),
     }))
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use gantry_broker_accounts::management::Management;
+use gantry_service::master_secret::MasterSecretSource;
 use gantry_service::server::{Limits, RunningService, ServeConfig, start_with_limits};
 use serde_json::Value;
 
@@ -86,11 +87,9 @@ impl TestService {
     ) -> TestService {
         install_test_logging();
         gantry_testkit::require_service("RabbitMQ", &gantry_testkit::amqp_host());
+        let dir = gantry_testkit::fresh_temp_dir("service");
         let database_url = match backend {
-            Backend::Sqlite => {
-                let dir = gantry_testkit::fresh_temp_dir("service");
-                format!("sqlite://{}", dir.join("service.db").display())
-            }
+            Backend::Sqlite => format!("sqlite://{}", dir.join("service.db").display()),
             Backend::Postgres => gantry_testkit::fresh_postgres_database().await,
         };
         let vhost = gantry_testkit::fresh_vhost_name();
@@ -109,6 +108,7 @@ impl TestService {
             max_body_bytes: 1024 * 1024,
             client_token_lifetime_s: 3600,
             start_retry_after: std::time::Duration::from_secs(3),
+            master_secret: MasterSecretSource::File(dir.join("broker.key")),
         };
         configure(&mut config);
         let service = start_with_limits(config.clone(), limits.clone())
@@ -177,7 +177,7 @@ impl TestService {
             .expect("add client");
         let token = self
             .store()
-            .issue_client_token(client.client_id, "funcx_service", 3_600_000)
+            .issue_client_token(&client, "funcx_service", 3_600_000)
             .await
             .expect("client token");
         (client.client_id, token)

@@ -1,0 +1,117 @@
+//! What `gantry-service admin` does beyond the database: removing the broker accounts
+//! (and queues) that revoked or deleted credentials could still open. It runs in the
+//! administrator's command, not in the service, so that a revocation takes effect at
+//! once whether or not a service is running; a running service sets an account up
+//! again, with a new password, only when a still-valid credential asks for it.
+
+use gantry_broker::BrokerError;
+use gantry_broker::layout::{Deployment, command_queue, task_queue};
+use gantry_broker_accounts::management::Management;
+use gantry_store::{EndpointRecord, Revocation, Store, StoreError};
+use uuid::Uuid;
+
+/// What went wrong in an administrator's broker clean-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The database failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker clean-up failed after the database change was made.
+    #[error(
+        "the database change is made, but RabbitMQ could not be cleaned up ({0}); run the \
+         same command again once its management API answers"
+    )]
+    Broker(#[from] BrokerError),
+    /// The database has no deployment id yet (no service ever started on it).
+    #[error("the database has no deployment id yet: start gantry-service serve on it once")]
+    NoDeployment,
+}
+
+/// The broker side of an administrator's command: the management API, the virtual
+/// host and the deployment whose accounts these are.
+#[derive(Debug, Clone)]
+pub struct BrokerCleanup {
+    /// RabbitMQ's management API.
+    pub management: Management,
+    /// The deployment's virtual host.
+    pub vhost: String,
+    /// The deployment (from the database).
+    pub deployment: Deployment,
+}
+
+impl BrokerCleanup {
+    /// The clean-up for the deployment `store` belongs to.
+    pub async fn for_store(
+        store: &Store,
+        management: Management,
+        vhost: String,
+    ) -> Result<BrokerCleanup, AdminError> {
+        let deployment = store
+            .setting("deployment_id")
+            .await?
+            .and_then(|text| Deployment::parse(&text))
+            .ok_or(AdminError::NoDeployment)?;
+        Ok(BrokerCleanup {
+            management,
+            vhost,
+            deployment,
+        })
+    }
+
+    /// Deletes the broker accounts whose passwords `revocation` changed. RabbitMQ closes
+    /// their open connections with them; the service makes them again, with the new
+    /// passwords, when a valid credential next asks.
+    pub async fn remove_revoked(&self, revocation: &Revocation) -> Result<usize, AdminError> {
+        let accounts = revocation
+            .identities
+            .iter()
+            .map(|id| self.deployment.user_account(*id))
+            .chain(
+                revocation
+                    .endpoints
+                    .iter()
+                    .map(|id| self.deployment.endpoint_account(*id)),
+            )
+            .collect::<Vec<_>>();
+        for account in &accounts {
+            self.management.delete_account(account).await?;
+        }
+        Ok(accounts.len())
+    }
+
+    /// Deletes an endpoint (and its user endpoints) from the database, failing their
+    /// unfinished tasks (a running service forwards those failures to the submitters),
+    /// then their queues and broker accounts. Returns the removed endpoint ids.
+    pub async fn delete_endpoint(
+        &self,
+        store: &Store,
+        endpoint: &EndpointRecord,
+    ) -> Result<(Vec<Uuid>, usize), AdminError> {
+        let ueps = store.ueps_of(endpoint.endpoint_id).await?;
+        let (removed, failed) = store
+            .delete_endpoint(
+                endpoint.endpoint_id,
+                crate::dispatch::ENDPOINT_DELETED_CODE,
+                &format!(
+                    "the endpoint {} was deleted by the administrator before the task ran",
+                    endpoint.endpoint_id
+                ),
+            )
+            .await?;
+        let queues = std::iter::once(if endpoint.multi_user {
+            command_queue(endpoint.endpoint_id)
+        } else {
+            task_queue(endpoint.endpoint_id)
+        })
+        .chain(ueps.iter().map(|uep| task_queue(uep.endpoint_id)));
+        for queue in queues {
+            self.management.delete_queue(&self.vhost, &queue).await?;
+        }
+        for id in &removed {
+            self.management
+                .delete_account(&self.deployment.endpoint_account(*id))
+                .await?;
+        }
+        Ok((removed, failed.len()))
+    }
+}
