@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BACKENDS, Backend, Rest, TestService};
+use common::{Backend, Rest, TestService};
 use futures_lite::StreamExt;
 use gantry_broker::Broker;
 use gantry_protocol::packed::pack_buffers;
@@ -146,234 +146,236 @@ async fn authentication_failures_are_401_and_version_is_public() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_submits_are_refused_and_write_nothing() {
-    for backend in BACKENDS {
-        let service = TestService::start(backend, false).await;
-        let api = Api::new(&service);
-        let (_, alice) = service.user("alice").await;
-        let (_, client) = service.endpoint_client("site").await;
-        let endpoint = register_endpoint(&api, &client, false, true).await;
-        let ep = endpoint["endpoint_id"].as_str().unwrap();
-        let submit = format!("/v3/endpoints/{ep}/submit");
-        let function = register_function(&api, &alice).await;
+async fn malformed_submits_are_refused_and_write_nothing(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let api = Api::new(&service);
+    let (_, alice) = service.user("alice").await;
+    let (_, client) = service.endpoint_client("site").await;
+    let endpoint = register_endpoint(&api, &client, false, true).await;
+    let ep = endpoint["endpoint_id"].as_str().unwrap();
+    let submit = format!("/v3/endpoints/{ep}/submit");
+    let function = register_function(&api, &alice).await;
 
-        // Not JSON, wrong types, no content type, too big.
-        let raw = api
-            .http
-            .post(format!("{}{submit}", api.base))
-            .bearer_auth(&alice)
-            .header("content-type", "application/json")
-            .body("{\"tasks\": {")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(raw.json::<Value>().await.unwrap()["code"], "INVALID_JSON");
-        assert_error(
-            &api.post(
-                &submit,
-                &alice,
-                json!({"tasks": {function.clone(): "not a list"}}),
-            )
+    // Not JSON, wrong types, no content type, too big.
+    let raw = api
+        .http
+        .post(format!("{}{submit}", api.base))
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body("{\"tasks\": {")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(raw.json::<Value>().await.unwrap()["code"], "INVALID_JSON");
+    assert_error(
+        &api.post(
+            &submit,
+            &alice,
+            json!({"tasks": {function.clone(): "not a list"}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_BODY",
+    );
+    assert_error(
+        &api.post(&submit, &alice, json!({"tasks": {"not-a-uuid": []}}))
             .await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_BODY",
-        );
-        assert_error(
-            &api.post(&submit, &alice, json!({"tasks": {"not-a-uuid": []}}))
-                .await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_BODY",
-        );
-        assert_error(
-            &api.post(&submit, &alice, json!({"create_queue": "yes", "tasks": {}}))
-                .await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_BODY",
-        );
-        let no_type = api
-            .http
+        StatusCode::BAD_REQUEST,
+        "INVALID_BODY",
+    );
+    assert_error(
+        &api.post(&submit, &alice, json!({"create_queue": "yes", "tasks": {}}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_BODY",
+    );
+    let no_type = api
+        .http
+        .post(format!("{}{submit}", api.base))
+        .bearer_auth(&alice)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // The service answers 413 without reading the rest, so the client may see the
+    // connection close mid-upload; what it must never see is another answer.
+    let huge = json!({"tasks": {function.clone(): ["x".repeat(2 * 1024 * 1024)]}});
+    let mut too_large = None;
+    for _ in 0..10 {
+        // A client of its own, so no half-closed connection returns to the shared pool.
+        let sent = Client::new()
             .post(format!("{}{submit}", api.base))
             .bearer_auth(&alice)
-            .body("{}")
+            .json(&huge)
             .send()
-            .await
-            .unwrap();
-        assert_eq!(no_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        // The service answers 413 without reading the rest, so the client may see the
-        // connection close mid-upload; what it must never see is another answer.
-        let huge = json!({"tasks": {function.clone(): ["x".repeat(2 * 1024 * 1024)]}});
-        let mut too_large = None;
-        for _ in 0..10 {
-            // A client of its own, so no half-closed connection returns to the shared pool.
-            let sent = Client::new()
-                .post(format!("{}{submit}", api.base))
-                .bearer_auth(&alice)
-                .json(&huge)
-                .send()
-                .await;
-            if let Ok(response) = sent {
-                too_large = Some(response.status());
-                break;
-            }
+            .await;
+        if let Ok(response) = sent {
+            too_large = Some(response.status());
+            break;
         }
-        assert_eq!(too_large, Some(StatusCode::PAYLOAD_TOO_LARGE));
-
-        // One bad payload among good ones: nothing is stored, not even the task group.
-        let group = Uuid::new_v4();
-        let mixed = json!({"task_group_id": group, "tasks": {function.clone(): [payload(), "7\nshort", payload()]}});
-        assert_error(
-            &api.post(&submit, &alice, mixed).await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_PAYLOAD",
-        );
-        let three = json!({"task_group_id": group, "tasks": {function.clone(): [pack_buffers(&["00\na", "00\nb", "00\nc"])]}});
-        assert_error(
-            &api.post(&submit, &alice, three).await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_PAYLOAD",
-        );
-        assert!(
-            service
-                .store()
-                .tasks_of_group(group)
-                .await
-                .unwrap()
-                .is_empty(),
-            "{backend:?}"
-        );
-        assert_eq!(
-            service.store().task_group_owner(group).await.unwrap(),
-            None,
-            "{backend:?}"
-        );
-
-        // Unknown ids.
-        let unknown = Uuid::new_v4();
-        assert_error(
-            &api.post(
-                &format!("/v3/endpoints/{unknown}/submit"),
-                &alice,
-                json!({"tasks": {}}),
-            )
-            .await,
-            StatusCode::NOT_FOUND,
-            "ENDPOINT_NOT_FOUND",
-        );
-        assert_error(
-            &api.post("/v3/endpoints/nope/submit", &alice, json!({"tasks": {}}))
-                .await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_ID",
-        );
-        assert_error(
-            &api.post(
-                &submit,
-                &alice,
-                json!({"tasks": {unknown.to_string(): [payload()]}}),
-            )
-            .await,
-            StatusCode::NOT_FOUND,
-            "FUNCTION_NOT_FOUND",
-        );
-        assert_error(
-            &api.get(&format!("/v2/tasks/{unknown}"), &alice).await,
-            StatusCode::NOT_FOUND,
-            "TASK_NOT_FOUND",
-        );
-        assert_error(
-            &api.get(&format!("/v2/taskgroup/{unknown}"), &alice).await,
-            StatusCode::NOT_FOUND,
-            "TASK_GROUP_NOT_FOUND",
-        );
-        assert_error(
-            &api.get(&format!("/v2/functions/{unknown}"), &alice).await,
-            StatusCode::NOT_FOUND,
-            "FUNCTION_NOT_FOUND",
-        );
-        assert_error(
-            &api.post(
-                "/v3/functions",
-                &alice,
-                json!({"function_name": "f", "function_code": "12\nshort"}),
-            )
-            .await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_FUNCTION_CODE",
-        );
-        assert_error(
-            &api.post(
-                "/v3/functions",
-                &alice,
-                json!({"function_name": "f", "function_code": pack_buffers(&["no header"])}),
-            )
-            .await,
-            StatusCode::BAD_REQUEST,
-            "INVALID_FUNCTION_CODE",
-        );
-
-        // A plain endpoint takes no user_endpoint_config; endpoint clients cannot submit.
-        assert_error(
-            &api.post(
-                &submit,
-                &alice,
-                json!({"tasks": {}, "user_endpoint_config": {"a": 1}}),
-            )
-            .await,
-            StatusCode::BAD_REQUEST,
-            "NOT_A_MULTI_USER_ENDPOINT",
-        );
-        assert_error(
-            &api.post(&submit, &client, json!({"tasks": {}})).await,
-            StatusCode::FORBIDDEN,
-            "USER_TOKEN_REQUIRED",
-        );
-
-        // A valid submit still works, and an empty one too (the SDK sends those).
-        let (status, body) = api
-            .post(
-                &submit,
-                &alice,
-                json!({"tasks": {function.clone(): [payload(), payload()]}}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["tasks"][&function].as_array().unwrap().len(), 2);
-        assert_eq!(body["endpoint_id"], ep);
-        let (status, _) = api.post(&submit, &alice, json!({"tasks": {}})).await;
-        assert_eq!(status, StatusCode::OK);
-        let task_id = body["tasks"][&function][0].as_str().unwrap();
-        let (status, task) = api.get(&format!("/v2/tasks/{task_id}"), &alice).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            task,
-            json!({"task_id": task_id, "status": "waiting-for-ep"}),
-            "a pending task has no result fields"
-        );
-
-        // Locked endpoints take no tasks.
-        let (status, _) = api
-            .call(
-                reqwest::Method::POST,
-                &format!("/v3/endpoints/{ep}/lock"),
-                Some(&client),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_error(
-            &api.post(
-                &submit,
-                &alice,
-                json!({"tasks": {function.clone(): [payload()]}}),
-            )
-            .await,
-            StatusCode::LOCKED,
-            "ENDPOINT_LOCKED",
-        );
-        service.stop().await;
     }
+    assert_eq!(too_large, Some(StatusCode::PAYLOAD_TOO_LARGE));
+
+    // One bad payload among good ones: nothing is stored, not even the task group.
+    let group = Uuid::new_v4();
+    let mixed = json!({"task_group_id": group, "tasks": {function.clone(): [payload(), "7\nshort", payload()]}});
+    assert_error(
+        &api.post(&submit, &alice, mixed).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_PAYLOAD",
+    );
+    let three = json!({"task_group_id": group, "tasks": {function.clone(): [pack_buffers(&["00\na", "00\nb", "00\nc"])]}});
+    assert_error(
+        &api.post(&submit, &alice, three).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_PAYLOAD",
+    );
+    assert!(
+        service
+            .store()
+            .tasks_of_group(group)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(service.store().task_group_owner(group).await.unwrap(), None);
+
+    // Unknown ids.
+    let unknown = Uuid::new_v4();
+    assert_error(
+        &api.post(
+            &format!("/v3/endpoints/{unknown}/submit"),
+            &alice,
+            json!({"tasks": {}}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "ENDPOINT_NOT_FOUND",
+    );
+    assert_error(
+        &api.post("/v3/endpoints/nope/submit", &alice, json!({"tasks": {}}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ID",
+    );
+    assert_error(
+        &api.post(
+            &submit,
+            &alice,
+            json!({"tasks": {unknown.to_string(): [payload()]}}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+    assert_error(
+        &api.get(&format!("/v2/tasks/{unknown}"), &alice).await,
+        StatusCode::NOT_FOUND,
+        "TASK_NOT_FOUND",
+    );
+    assert_error(
+        &api.get(&format!("/v2/taskgroup/{unknown}"), &alice).await,
+        StatusCode::NOT_FOUND,
+        "TASK_GROUP_NOT_FOUND",
+    );
+    assert_error(
+        &api.get(&format!("/v2/functions/{unknown}"), &alice).await,
+        StatusCode::NOT_FOUND,
+        "FUNCTION_NOT_FOUND",
+    );
+    assert_error(
+        &api.post(
+            "/v3/functions",
+            &alice,
+            json!({"function_name": "f", "function_code": "12\nshort"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_FUNCTION_CODE",
+    );
+    assert_error(
+        &api.post(
+            "/v3/functions",
+            &alice,
+            json!({"function_name": "f", "function_code": pack_buffers(&["no header"])}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_FUNCTION_CODE",
+    );
+
+    // A plain endpoint takes no user_endpoint_config; endpoint clients cannot submit.
+    assert_error(
+        &api.post(
+            &submit,
+            &alice,
+            json!({"tasks": {}, "user_endpoint_config": {"a": 1}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "NOT_A_MULTI_USER_ENDPOINT",
+    );
+    assert_error(
+        &api.post(&submit, &client, json!({"tasks": {}})).await,
+        StatusCode::FORBIDDEN,
+        "USER_TOKEN_REQUIRED",
+    );
+
+    // A valid submit still works, and an empty one too (the SDK sends those).
+    let (status, body) = api
+        .post(
+            &submit,
+            &alice,
+            json!({"tasks": {function.clone(): [payload(), payload()]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tasks"][&function].as_array().unwrap().len(), 2);
+    assert_eq!(body["endpoint_id"], ep);
+    let (status, _) = api.post(&submit, &alice, json!({"tasks": {}})).await;
+    assert_eq!(status, StatusCode::OK);
+    let task_id = body["tasks"][&function][0].as_str().unwrap();
+    let (status, task) = api.get(&format!("/v2/tasks/{task_id}"), &alice).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        task,
+        json!({"task_id": task_id, "status": "waiting-for-ep"}),
+        "a pending task has no result fields"
+    );
+
+    // Locked endpoints take no tasks.
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v3/endpoints/{ep}/lock"),
+            Some(&client),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &api.post(
+            &submit,
+            &alice,
+            json!({"tasks": {function.clone(): [payload()]}}),
+        )
+        .await,
+        StatusCode::LOCKED,
+        "ENDPOINT_LOCKED",
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_submits_are_refused_and_write_nothing_sqlite() {
+    malformed_submits_are_refused_and_write_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_submits_are_refused_and_write_nothing_postgres() {
+    malformed_submits_are_refused_and_write_nothing(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

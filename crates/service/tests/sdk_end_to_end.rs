@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BACKENDS, Backend, TestService, register_site, sdk};
+use common::{Backend, TestService, register_site, sdk};
 use gantry_protocol::uep_id::derive_uep_id;
 use gantry_store::TaskStatus;
 use gantry_test_endpoint::{Executor, StartBehaviour, creds_of, run_mep, run_uep};
@@ -16,77 +16,84 @@ fn python() -> Executor {
     Executor::Python(gantry_testkit::venv_python())
 }
 
+async fn the_sdk_executor_gets_results_through_a_plain_endpoint(backend: Backend) {
+    let service = TestService::start(backend, true).await;
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
+        .await
+        .unwrap();
+
+    let env = vec![
+        ("GANTRY_TOKEN", token.clone()),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+    ];
+    let out = sdk("executor", env.clone()).await;
+    assert_eq!(out["results"]["add"], json!(42), "{out}");
+    assert_eq!(
+        out["results"]["shout"],
+        json!({"upper": "NAÏVE CAFÉ ☃ 𝄞 日本語", "len": 18, "nested": ["naïve café ☃ 𝄞 日本語", {"again": "naïve café ☃ 𝄞 日本語"}]})
+    );
+    assert_eq!(
+        out["results"]["who"]["task_uuid"], out["task_ids"]["who"],
+        "GC_TASK_UUID is the task id"
+    );
+    assert_eq!(
+        out["results"]["many"],
+        Value::from((0..20).map(|i| i * 2).collect::<Vec<i64>>())
+    );
+    assert_eq!(
+        out["errors"]["fails"]["type"], "TaskExecutionFailed",
+        "{out}"
+    );
+    let text = out["errors"]["fails"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("ValueError") && text.contains("refused 'naïve café ☃ 𝄞 日本語' ☃"),
+        "{text}"
+    );
+
+    // The service stored every outcome.
+    let group: Uuid = out["task_group_id"].as_str().unwrap().parse().unwrap();
+    let tasks = service.store().tasks_of_group(group).await.unwrap();
+    assert_eq!(tasks.len(), 24);
+    assert_eq!(
+        tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Success)
+            .count(),
+        23
+    );
+    assert_eq!(
+        tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .count(),
+        1
+    );
+    assert!(
+        tasks.iter().all(|t| t.task_buffer.is_none()),
+        "the outbox is empty"
+    );
+
+    // The Client's REST path: run, then poll (no result queue).
+    let polled = sdk("client_poll", env).await;
+    assert_eq!(
+        (polled["result"].clone(), polled["status"].clone()),
+        (json!(11), json!("success"))
+    );
+
+    uep.stop().await.unwrap();
+    service.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_executor_gets_results_through_a_plain_endpoint() {
-    for backend in BACKENDS {
-        let service = TestService::start(backend, true).await;
-        let (_, token) = service.user("alice@example.org").await;
-        let (_, registered) = register_site(&service, "plain", false).await;
-        let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
-            .await
-            .unwrap();
+async fn the_sdk_executor_gets_results_through_a_plain_endpoint_sqlite() {
+    the_sdk_executor_gets_results_through_a_plain_endpoint(Backend::Sqlite).await;
+}
 
-        let env = vec![
-            ("GANTRY_TOKEN", token.clone()),
-            ("ENDPOINT_ID", registered.endpoint_id.to_string()),
-        ];
-        let out = sdk("executor", env.clone()).await;
-        assert_eq!(out["results"]["add"], json!(42), "{backend:?}: {out}");
-        assert_eq!(
-            out["results"]["shout"],
-            json!({"upper": "NAÏVE CAFÉ ☃ 𝄞 日本語", "len": 18, "nested": ["naïve café ☃ 𝄞 日本語", {"again": "naïve café ☃ 𝄞 日本語"}]})
-        );
-        assert_eq!(
-            out["results"]["who"]["task_uuid"], out["task_ids"]["who"],
-            "GC_TASK_UUID is the task id"
-        );
-        assert_eq!(
-            out["results"]["many"],
-            Value::from((0..20).map(|i| i * 2).collect::<Vec<i64>>())
-        );
-        assert_eq!(
-            out["errors"]["fails"]["type"], "TaskExecutionFailed",
-            "{out}"
-        );
-        let text = out["errors"]["fails"]["text"].as_str().unwrap();
-        assert!(
-            text.contains("ValueError") && text.contains("refused 'naïve café ☃ 𝄞 日本語' ☃"),
-            "{text}"
-        );
-
-        // The service stored every outcome.
-        let group: Uuid = out["task_group_id"].as_str().unwrap().parse().unwrap();
-        let tasks = service.store().tasks_of_group(group).await.unwrap();
-        assert_eq!(tasks.len(), 24, "{backend:?}");
-        assert_eq!(
-            tasks
-                .iter()
-                .filter(|t| t.status == TaskStatus::Success)
-                .count(),
-            23
-        );
-        assert_eq!(
-            tasks
-                .iter()
-                .filter(|t| t.status == TaskStatus::Failed)
-                .count(),
-            1
-        );
-        assert!(
-            tasks.iter().all(|t| t.task_buffer.is_none()),
-            "the outbox is empty"
-        );
-
-        // The Client's REST path: run, then poll (no result queue).
-        let polled = sdk("client_poll", env).await;
-        assert_eq!(
-            (polled["result"].clone(), polled["status"].clone()),
-            (json!(11), json!("success"))
-        );
-
-        uep.stop().await.unwrap();
-        service.stop().await;
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_executor_gets_results_through_a_plain_endpoint_postgres() {
+    the_sdk_executor_gets_results_through_a_plain_endpoint(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,51 +244,54 @@ async fn a_failed_uep_start_fails_the_waiting_tasks_with_its_reason() {
     service.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_and_results_survive_a_service_restart() {
-    for backend in BACKENDS {
-        let mut service = TestService::start(backend, true).await;
-        let (_, token) = service.user("carol@example.org").await;
-        let (_, registered) = register_site(&service, "plain", false).await;
-        let env = vec![
-            ("GANTRY_TOKEN", token.clone()),
-            ("ENDPOINT_ID", registered.endpoint_id.to_string()),
-        ];
+async fn tasks_and_results_survive_a_service_restart(backend: Backend) {
+    let mut service = TestService::start(backend, true).await;
+    let (_, token) = service.user("carol@example.org").await;
+    let (_, registered) = register_site(&service, "plain", false).await;
+    let env = vec![
+        ("GANTRY_TOKEN", token.clone()),
+        ("ENDPOINT_ID", registered.endpoint_id.to_string()),
+    ];
 
-        // Submitted while no endpoint runs; then the service restarts.
-        let submitted = sdk("submit_only", env.clone()).await;
-        service.restart().await;
-        let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
+    // Submitted while no endpoint runs; then the service restarts.
+    let submitted = sdk("submit_only", env.clone()).await;
+    service.restart().await;
+    let uep = run_uep(creds_of(&registered).unwrap(), python(), 2.0)
+        .await
+        .unwrap();
+
+    // A new SDK process picks the task group up again and gets every result.
+    let mut reload_env = env.clone();
+    reload_env.push((
+        "TASK_GROUP_ID",
+        submitted["task_group_id"].as_str().unwrap().to_owned(),
+    ));
+    let reloaded = sdk("reload", reload_env).await;
+    assert_eq!(reloaded["results"], json!([100, 101, 102, 103, 104]));
+
+    // Restarted again, the results are still there.
+    service.restart().await;
+    for task_id in submitted["task_ids"].as_array().unwrap() {
+        let task = service
+            .store()
+            .task(task_id.as_str().unwrap().parse().unwrap())
             .await
+            .unwrap()
             .unwrap();
-
-        // A new SDK process picks the task group up again and gets every result.
-        let mut reload_env = env.clone();
-        reload_env.push((
-            "TASK_GROUP_ID",
-            submitted["task_group_id"].as_str().unwrap().to_owned(),
-        ));
-        let reloaded = sdk("reload", reload_env).await;
-        assert_eq!(
-            reloaded["results"],
-            json!([100, 101, 102, 103, 104]),
-            "{backend:?}"
-        );
-
-        // Restarted again, the results are still there.
-        service.restart().await;
-        for task_id in submitted["task_ids"].as_array().unwrap() {
-            let task = service
-                .store()
-                .task(task_id.as_str().unwrap().parse().unwrap())
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(task.status, TaskStatus::Success, "{backend:?}");
-        }
-        uep.stop().await.unwrap();
-        service.stop().await;
+        assert_eq!(task.status, TaskStatus::Success);
     }
+    uep.stop().await.unwrap();
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_and_results_survive_a_service_restart_sqlite() {
+    tasks_and_results_survive_a_service_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_and_results_survive_a_service_restart_postgres() {
+    tasks_and_results_survive_a_service_restart(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

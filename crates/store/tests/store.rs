@@ -10,15 +10,11 @@ use gantry_store::{
 use serde_json::{Map, json};
 use uuid::Uuid;
 
-async fn backends() -> Vec<(&'static str, String)> {
+/// A SQLite file in a fresh folder of its own; the PostgreSQL tests take a fresh
+/// database from `gantry_testkit::fresh_postgres_database`.
+fn sqlite_url() -> String {
     let dir = gantry_testkit::fresh_temp_dir("store");
-    vec![
-        (
-            "sqlite",
-            format!("sqlite://{}", dir.join("service.db").display()),
-        ),
-        ("postgres", gantry_testkit::fresh_postgres_database().await),
-    ]
+    format!("sqlite://{}", dir.join("service.db").display())
 }
 
 fn registration(multi_user: bool) -> EndpointRegistration {
@@ -36,455 +32,467 @@ fn registration(multi_user: bool) -> EndpointRegistration {
     }
 }
 
-#[tokio::test]
-async fn tokens_authenticate_until_revoked() {
-    for (backend, url) in backends().await {
-        let store = Store::connect(&url).await.unwrap();
-        let (alice, token) = store.add_user("alice").await.unwrap();
-        let principal = store.authenticate(&token).await.unwrap().expect(backend);
-        assert_eq!(principal.identity, alice, "{backend}");
-        assert!(
-            store.authenticate("gtu_wrong").await.unwrap().is_none(),
-            "{backend}"
-        );
-        assert!(
-            matches!(store.add_user("alice").await, Err(StoreError::Conflict(_))),
-            "{backend}"
-        );
+async fn tokens_authenticate_until_revoked(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (alice, token) = store.add_user("alice").await.unwrap();
+    let principal = store
+        .authenticate(&token)
+        .await
+        .unwrap()
+        .expect("a fresh token authenticates");
+    assert_eq!(principal.identity, alice);
+    assert!(store.authenticate("gtu_wrong").await.unwrap().is_none());
+    assert!(matches!(
+        store.add_user("alice").await,
+        Err(StoreError::Conflict(_))
+    ));
 
-        let (_, second) = store.issue_user_token("alice").await.unwrap();
-        assert!(
-            store.revoke_token(&token).await.unwrap().is_some(),
-            "{backend}"
-        );
-        assert!(
-            store.revoke_token(&token).await.unwrap().is_none(),
-            "{backend}: revoking twice"
-        );
-        assert!(
-            store.authenticate(&token).await.unwrap().is_none(),
-            "{backend}"
-        );
-        assert!(
-            store.authenticate(&second).await.unwrap().is_some(),
-            "{backend}"
-        );
-        let users = store.list_users().await.unwrap();
-        assert_eq!(users.len(), 1);
-        assert_eq!(users[0].1, 1, "{backend}: one active token left");
-        assert_eq!(store.revoke_tokens_of("alice").await.unwrap().tokens, 1);
-        assert!(
-            store.authenticate(&second).await.unwrap().is_none(),
-            "{backend}"
-        );
+    let (_, second) = store.issue_user_token("alice").await.unwrap();
+    assert!(store.revoke_token(&token).await.unwrap().is_some());
+    assert!(
+        store.revoke_token(&token).await.unwrap().is_none(),
+        "revoking twice"
+    );
+    assert!(store.authenticate(&token).await.unwrap().is_none());
+    assert!(store.authenticate(&second).await.unwrap().is_some());
+    let users = store.list_users().await.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].1, 1, "one active token left");
+    assert_eq!(store.revoke_tokens_of("alice").await.unwrap().tokens, 1);
+    assert!(store.authenticate(&second).await.unwrap().is_none());
 
-        let (client, secret) = store.add_endpoint_client("site").await.unwrap();
-        assert!(
-            store
-                .verify_client(client.client_id, &secret)
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            store
-                .verify_client(client.client_id, "gts_nope")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let live = store
-            .issue_client_token(&client, "funcx_service", 60_000)
-            .await
-            .unwrap();
-        let expired = store
-            .issue_client_token(&client, "funcx_service", -1)
-            .await
-            .unwrap();
-        let principal = store
-            .authenticate(&live)
+    let (client, secret) = store.add_endpoint_client("site").await.unwrap();
+    assert!(
+        store
+            .verify_client(client.client_id, &secret)
             .await
             .unwrap()
-            .expect("live client token");
-        assert_eq!(principal.scope, "funcx_service");
-        assert!(
-            store.authenticate(&expired).await.unwrap().is_none(),
-            "{backend}: expired"
-        );
-    }
+            .is_some()
+    );
+    assert!(
+        store
+            .verify_client(client.client_id, "gts_nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let live = store
+        .issue_client_token(&client, "funcx_service", 60_000)
+        .await
+        .unwrap();
+    let expired = store
+        .issue_client_token(&client, "funcx_service", -1)
+        .await
+        .unwrap();
+    let principal = store
+        .authenticate(&live)
+        .await
+        .unwrap()
+        .expect("live client token");
+    assert_eq!(principal.scope, "funcx_service");
+    assert!(
+        store.authenticate(&expired).await.unwrap().is_none(),
+        "expired"
+    );
 }
 
 #[tokio::test]
-async fn endpoints_belong_to_their_client_and_ueps_to_their_mep() {
-    for (backend, url) in backends().await {
-        let store = Store::connect(&url).await.unwrap();
-        let (client, _) = store.add_endpoint_client("site").await.unwrap();
-        let (other, _) = store.add_endpoint_client("other").await.unwrap();
-        let (alice, _) = store.add_user("alice").await.unwrap();
-        let mep_id = Uuid::new_v4();
-        let mep = store
-            .register_endpoint(mep_id, client.client_id, &registration(true))
-            .await
-            .unwrap();
-        assert!(
-            mep.multi_user && !mep.is_online(gantry_store::now_ms()),
-            "{backend}"
-        );
-        assert_eq!(mep.display_name.as_deref(), Some("Site MEP ☃"));
-        assert!(matches!(
+async fn tokens_authenticate_until_revoked_sqlite() {
+    tokens_authenticate_until_revoked(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn tokens_authenticate_until_revoked_postgres() {
+    tokens_authenticate_until_revoked(gantry_testkit::fresh_postgres_database().await).await;
+}
+
+async fn endpoints_belong_to_their_client_and_ueps_to_their_mep(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (client, _) = store.add_endpoint_client("site").await.unwrap();
+    let (other, _) = store.add_endpoint_client("other").await.unwrap();
+    let (alice, _) = store.add_user("alice").await.unwrap();
+    let mep_id = Uuid::new_v4();
+    let mep = store
+        .register_endpoint(mep_id, client.client_id, &registration(true))
+        .await
+        .unwrap();
+    assert!(mep.multi_user && !mep.is_online(gantry_store::now_ms()));
+    assert_eq!(mep.display_name.as_deref(), Some("Site MEP ☃"));
+    assert!(matches!(
+        store
+            .register_endpoint(mep_id, other.client_id, &registration(true))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let binding = UepBinding {
+        mep_id,
+        user_identity_id: alice.identity_id,
+        user_config: json!({"ACCOUNT_ID": "314159265"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        user_runtime: json!({"python": {"version": "3.11.7"}}),
+    };
+    let uep_id = Uuid::new_v4();
+    let uep = store.ensure_uep(uep_id, &binding).await.unwrap();
+    assert_eq!(uep.uep.as_ref(), Some(&binding));
+    assert_eq!(
+        store.ensure_uep(uep_id, &binding).await.unwrap().uep,
+        Some(binding.clone())
+    );
+    assert_eq!(store.ueps_of(mep_id).await.unwrap().len(), 1);
+    assert!(
+        matches!(
             store
-                .register_endpoint(mep_id, other.client_id, &registration(true))
+                .register_endpoint(uep_id, client.client_id, &registration(false))
                 .await,
             Err(StoreError::Conflict(_))
-        ));
+        ),
+        "a UEP id cannot be taken over by registering it"
+    );
+    // Nor can an id held by another endpoint, or by another user's UEP, become one.
+    let taken = Uuid::new_v4();
+    store
+        .register_endpoint(taken, other.client_id, &registration(false))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store.ensure_uep(taken, &binding).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a registered endpoint's id is not a UEP"
+    );
+    let someone_else = UepBinding {
+        user_identity_id: other.client_id,
+        ..binding.clone()
+    };
+    assert!(
+        matches!(
+            store.ensure_uep(uep_id, &someone_else).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "alice's UEP is not bob's"
+    );
+    assert_eq!(
+        store.endpoint(uep_id).await.unwrap().unwrap().uep,
+        Some(binding.clone())
+    );
 
-        let binding = UepBinding {
-            mep_id,
-            user_identity_id: alice.identity_id,
-            user_config: json!({"ACCOUNT_ID": "314159265"})
-                .as_object()
-                .unwrap()
-                .clone(),
-            user_runtime: json!({"python": {"version": "3.11.7"}}),
-        };
-        let uep_id = Uuid::new_v4();
-        let uep = store.ensure_uep(uep_id, &binding).await.unwrap();
-        assert_eq!(uep.uep.as_ref(), Some(&binding), "{backend}");
-        assert_eq!(
-            store.ensure_uep(uep_id, &binding).await.unwrap().uep,
-            Some(binding.clone())
-        );
-        assert_eq!(store.ueps_of(mep_id).await.unwrap().len(), 1);
-        assert!(
-            matches!(
-                store
-                    .register_endpoint(uep_id, client.client_id, &registration(false))
-                    .await,
-                Err(StoreError::Conflict(_))
-            ),
-            "{backend}: a UEP id cannot be taken over by registering it"
-        );
-        // Nor can an id held by another endpoint, or by another user's UEP, become one.
-        let taken = Uuid::new_v4();
+    assert!(store.claim_start_request(uep_id, 60_000).await.unwrap());
+    assert!(
+        !store.claim_start_request(uep_id, 60_000).await.unwrap(),
+        "throttled"
+    );
+
+    assert!(
         store
-            .register_endpoint(taken, other.client_id, &registration(false))
+            .record_heartbeat(uep_id, Some(30.0), &Map::new())
             .await
-            .unwrap();
-        assert!(
-            matches!(
-                store.ensure_uep(taken, &binding).await,
-                Err(StoreError::Conflict(_))
-            ),
-            "{backend}: a registered endpoint's id is not a UEP"
-        );
-        let someone_else = UepBinding {
-            user_identity_id: other.client_id,
-            ..binding.clone()
-        };
-        assert!(
-            matches!(
-                store.ensure_uep(uep_id, &someone_else).await,
-                Err(StoreError::Conflict(_))
-            ),
-            "{backend}: alice's UEP is not bob's"
-        );
-        assert_eq!(
-            store.endpoint(uep_id).await.unwrap().unwrap().uep,
-            Some(binding.clone())
-        );
+            .unwrap()
+    );
+    let online = store.endpoint(uep_id).await.unwrap().unwrap();
+    assert!(online.is_online(gantry_store::now_ms()));
+    assert!(!online.is_online(gantry_store::now_ms() + 61_000), "stale");
+    // A reported start failure: not online, and the next submit may ask again.
+    let mut failed = Map::new();
+    failed.insert("error".into(), "no such local user".into());
+    assert!(
+        !store.claim_start_request(uep_id, 60_000).await.unwrap(),
+        "throttled before the failure"
+    );
+    store
+        .record_heartbeat(uep_id, Some(30.0), &failed)
+        .await
+        .unwrap();
+    let failed = store.endpoint(uep_id).await.unwrap().unwrap();
+    assert_eq!(failed.start_error(), Some("no such local user"));
+    assert!(!failed.is_online(gantry_store::now_ms()));
+    assert!(
+        store.claim_start_request(uep_id, 60_000).await.unwrap(),
+        "a failed start lifts the throttle"
+    );
 
-        assert!(store.claim_start_request(uep_id, 60_000).await.unwrap());
-        assert!(
-            !store.claim_start_request(uep_id, 60_000).await.unwrap(),
-            "{backend}: throttled"
-        );
+    store
+        .record_heartbeat(uep_id, Some(0.0), &Map::new())
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .endpoint(uep_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_online(gantry_store::now_ms())
+    );
 
-        assert!(
-            store
-                .record_heartbeat(uep_id, Some(30.0), &Map::new())
-                .await
-                .unwrap()
-        );
-        let online = store.endpoint(uep_id).await.unwrap().unwrap();
-        assert!(online.is_online(gantry_store::now_ms()), "{backend}");
-        assert!(
-            !online.is_online(gantry_store::now_ms() + 61_000),
-            "{backend}: stale"
-        );
-        // A reported start failure: not online, and the next submit may ask again.
-        let mut failed = Map::new();
-        failed.insert("error".into(), "no such local user".into());
-        assert!(
-            !store.claim_start_request(uep_id, 60_000).await.unwrap(),
-            "{backend}: throttled before the failure"
-        );
+    assert_eq!(
         store
-            .record_heartbeat(uep_id, Some(30.0), &failed)
+            .delete_endpoint(mep_id, "ENDPOINT_DELETED", "gone")
             .await
-            .unwrap();
-        let failed = store.endpoint(uep_id).await.unwrap().unwrap();
-        assert_eq!(failed.start_error(), Some("no such local user"));
-        assert!(!failed.is_online(gantry_store::now_ms()), "{backend}");
-        assert!(
-            store.claim_start_request(uep_id, 60_000).await.unwrap(),
-            "{backend}: a failed start lifts the throttle"
-        );
-
-        store
-            .record_heartbeat(uep_id, Some(0.0), &Map::new())
-            .await
-            .unwrap();
-        assert!(
-            !store
-                .endpoint(uep_id)
-                .await
-                .unwrap()
-                .unwrap()
-                .is_online(gantry_store::now_ms())
-        );
-
-        assert_eq!(
-            store
-                .delete_endpoint(mep_id, "ENDPOINT_DELETED", "gone")
-                .await
-                .unwrap()
-                .0
-                .len(),
-            2
-        );
-        assert!(store.endpoint(uep_id).await.unwrap().is_none(), "{backend}");
-    }
+            .unwrap()
+            .0
+            .len(),
+        2
+    );
+    assert!(store.endpoint(uep_id).await.unwrap().is_none());
 }
 
 #[tokio::test]
-async fn submits_results_and_failures_persist_across_reconnects() {
-    for (backend, url) in backends().await {
-        let store = Store::connect(&url).await.unwrap();
-        let (alice, _) = store.add_user("alice").await.unwrap();
-        let (bob, _) = store.add_user("bob").await.unwrap();
-        let function_id = Uuid::new_v4();
+async fn endpoints_belong_to_their_client_and_ueps_to_their_mep_sqlite() {
+    endpoints_belong_to_their_client_and_ueps_to_their_mep(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn endpoints_belong_to_their_client_and_ueps_to_their_mep_postgres() {
+    endpoints_belong_to_their_client_and_ueps_to_their_mep(
+        gantry_testkit::fresh_postgres_database().await,
+    )
+    .await;
+}
+
+async fn submits_results_and_failures_persist_across_reconnects(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (alice, _) = store.add_user("alice").await.unwrap();
+    let (bob, _) = store.add_user("bob").await.unwrap();
+    let function_id = Uuid::new_v4();
+    store
+        .insert_function(&NewFunction {
+            function_id,
+            owner_identity_id: alice.identity_id,
+            function_name: "add".into(),
+            function_code: "2\n01".into(),
+            description: None,
+            public: false,
+            group_id: None,
+            meta: Map::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
         store
-            .insert_function(&NewFunction {
-                function_id,
-                owner_identity_id: alice.identity_id,
-                function_name: "add".into(),
-                function_code: "2\n01".into(),
-                description: None,
-                public: false,
-                group_id: None,
-                meta: Map::new(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .function(function_id)
-                .await
-                .unwrap()
-                .unwrap()
-                .function_name,
-            "add"
-        );
-
-        let endpoint_id = Uuid::new_v4();
-        let group = Uuid::new_v4();
-        // Task 8 is large and incompressible, as dill-serialized arguments are: 2 MB
-        // of pseudo-random hex (an index over the buffer would refuse it on PostgreSQL).
-        let large: String = (0..65_536u64)
-            .map(|i| {
-                format!(
-                    "{:032x}",
-                    u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-                )
-            })
-            .collect();
-        let tasks: Vec<NewTask> = (0..450)
-            .map(|i| NewTask {
-                task_id: Uuid::new_v4(),
-                function_id,
-                payload: if i == 8 {
-                    large.clone()
-                } else {
-                    format!("payload-{i}-é")
-                },
-            })
-            .collect();
-        let spec = json!({"num_nodes": 2});
-        let batch = store
-            .insert_submit(&NewSubmit {
-                owner: alice.identity_id,
-                task_group_id: group,
-                endpoint_id,
-                submitted_endpoint_id: endpoint_id,
-                tasks: &tasks,
-                resource_specification: Some(&spec),
-                result_serializers: None,
-                result_queue: true,
-            })
-            .await
-            .unwrap();
-        assert!(batch.task_group_created);
-        assert!(
-            matches!(
-                store
-                    .insert_submit(&NewSubmit {
-                        owner: bob.identity_id,
-                        task_group_id: group,
-                        endpoint_id,
-                        submitted_endpoint_id: endpoint_id,
-                        tasks: &tasks[..0],
-                        resource_specification: None,
-                        result_serializers: None,
-                        result_queue: true,
-                    })
-                    .await,
-                Err(StoreError::NotFound(_))
-            ),
-            "{backend}: bob cannot join alice's task group"
-        );
-
-        // Reconnect, as after a restart: everything is still there, in order.
-        drop(store);
-        let store = Store::connect(&url).await.unwrap();
-        let stored = store.tasks_of_group(group).await.unwrap();
-        let ids: Vec<Uuid> = stored.iter().map(|t| t.task_id).collect();
-        assert_eq!(
-            ids,
-            tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
-            "{backend}: order"
-        );
-        assert_eq!(stored[7].task_buffer.as_deref(), Some("payload-7-é"));
-        assert_eq!(stored[8].task_buffer.as_deref(), Some(large.as_str()));
-        assert!(stored.iter().all(|t| t.buffer_is_payload), "{backend}");
-        assert_eq!(stored[0].resource_specification, Some(spec.clone()));
-        assert_eq!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(), 450);
-        let first_100: Vec<Uuid> = store
-            .unsent_tasks(i64::MAX, 100)
+            .function(function_id)
             .await
             .unwrap()
+            .unwrap()
+            .function_name,
+        "add"
+    );
+
+    let endpoint_id = Uuid::new_v4();
+    let group = Uuid::new_v4();
+    // Task 8 is large and incompressible, as dill-serialized arguments are: 2 MB
+    // of pseudo-random hex (an index over the buffer would refuse it on PostgreSQL).
+    let large: String = (0..65_536u64)
+        .map(|i| {
+            format!(
+                "{:032x}",
+                u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+            )
+        })
+        .collect();
+    let tasks: Vec<NewTask> = (0..450)
+        .map(|i| NewTask {
+            task_id: Uuid::new_v4(),
+            function_id,
+            payload: if i == 8 {
+                large.clone()
+            } else {
+                format!("payload-{i}-é")
+            },
+        })
+        .collect();
+    let spec = json!({"num_nodes": 2});
+    let batch = store
+        .insert_submit(&NewSubmit {
+            owner: alice.identity_id,
+            task_group_id: group,
+            endpoint_id,
+            submitted_endpoint_id: endpoint_id,
+            tasks: &tasks,
+            resource_specification: Some(&spec),
+            result_serializers: None,
+            result_queue: true,
+        })
+        .await
+        .unwrap();
+    assert!(batch.task_group_created);
+    assert!(
+        matches!(
+            store
+                .insert_submit(&NewSubmit {
+                    owner: bob.identity_id,
+                    task_group_id: group,
+                    endpoint_id,
+                    submitted_endpoint_id: endpoint_id,
+                    tasks: &tasks[..0],
+                    resource_specification: None,
+                    result_serializers: None,
+                    result_queue: true,
+                })
+                .await,
+            Err(StoreError::NotFound(_))
+        ),
+        "bob cannot join alice's task group"
+    );
+
+    // Reconnect, as after a restart: everything is still there, in order.
+    drop(store);
+    let store = Store::connect(&url).await.unwrap();
+    let stored = store.tasks_of_group(group).await.unwrap();
+    let ids: Vec<Uuid> = stored.iter().map(|t| t.task_id).collect();
+    assert_eq!(
+        ids,
+        tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        "order"
+    );
+    assert_eq!(stored[7].task_buffer.as_deref(), Some("payload-7-é"));
+    assert_eq!(stored[8].task_buffer.as_deref(), Some(large.as_str()));
+    assert!(stored.iter().all(|t| t.buffer_is_payload));
+    assert_eq!(stored[0].resource_specification, Some(spec.clone()));
+    assert_eq!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(), 450);
+    let first_100: Vec<Uuid> = store
+        .unsent_tasks(i64::MAX, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(first_100, ids[..100], "oldest first, bounded");
+    assert!(
+        store.unsent_tasks(0, 1000).await.unwrap().is_empty(),
+        "too young"
+    );
+    store.mark_enqueued(&ids[..400]).await.unwrap();
+    assert_eq!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(), 50);
+
+    let ok = StoredResult {
+        data: "11\n42".into(),
+        error: None,
+        details: Some(json!({"os": "Linux"}).as_object().unwrap().clone()),
+        task_statuses: Some(
+            json!([{"timestamp": 1, "state": "execution-start", "actor": "worker"}]),
+        ),
+    };
+    assert!(
+        store
+            .store_result(ids[0], Uuid::new_v4(), &ok)
+            .await
+            .unwrap()
+            .is_none(),
+        "a result from the wrong endpoint is not stored"
+    );
+    assert_eq!(
+        store.task(ids[0]).await.unwrap().unwrap().status,
+        TaskStatus::WaitingForEp
+    );
+    let done = store
+        .store_result(ids[0], endpoint_id, &ok)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.status, done.result.as_deref()),
+        (TaskStatus::Success, Some("11\n42"))
+    );
+    assert!(done.completed_at.is_some());
+
+    store.mark_running(endpoint_id, &ids[1..2]).await.unwrap();
+    assert_eq!(
+        store.task(ids[1]).await.unwrap().unwrap().status,
+        TaskStatus::Running
+    );
+
+    let failed = store
+        .fail_pending_tasks(endpoint_id, "EndpointStartFailed", "no such account")
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 449);
+    assert!(
+        failed
             .iter()
-            .map(|t| t.task_id)
-            .collect();
-        assert_eq!(first_100, ids[..100], "{backend}: oldest first, bounded");
-        assert!(
-            store.unsent_tasks(0, 1000).await.unwrap().is_empty(),
-            "{backend}: too young"
-        );
-        store.mark_enqueued(&ids[..400]).await.unwrap();
-        assert_eq!(
-            store.unsent_tasks(i64::MAX, 1000).await.unwrap().len(),
-            50,
-            "{backend}"
-        );
-
-        let ok = StoredResult {
-            data: "11\n42".into(),
-            error: None,
-            details: Some(json!({"os": "Linux"}).as_object().unwrap().clone()),
-            task_statuses: Some(
-                json!([{"timestamp": 1, "state": "execution-start", "actor": "worker"}]),
-            ),
-        };
-        assert!(
-            store
-                .store_result(ids[0], Uuid::new_v4(), &ok)
-                .await
-                .unwrap()
-                .is_none(),
-            "{backend}: a result from the wrong endpoint is not stored"
-        );
-        assert_eq!(
-            store.task(ids[0]).await.unwrap().unwrap().status,
-            TaskStatus::WaitingForEp
-        );
-        let done = store
-            .store_result(ids[0], endpoint_id, &ok)
+            .all(|t| t.status == TaskStatus::Failed && t.task_buffer.is_none())
+    );
+    assert_eq!(
+        error_details_of(&failed[0]),
+        Some(("EndpointStartFailed".into(), "no such account".into()))
+    );
+    assert!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().is_empty());
+    // The service's own failures wait to be forwarded until marked.
+    let unforwarded = store.unforwarded_failures(i64::MAX, 1000).await.unwrap();
+    assert_eq!(unforwarded.len(), 449);
+    assert!(
+        store
+            .unforwarded_failures(0, 1000)
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(
-            (done.status, done.result.as_deref()),
-            (TaskStatus::Success, Some("11\n42"))
-        );
-        assert!(done.completed_at.is_some());
-
-        store.mark_running(endpoint_id, &ids[1..2]).await.unwrap();
-        assert_eq!(
-            store.task(ids[1]).await.unwrap().unwrap().status,
-            TaskStatus::Running
-        );
-
-        let failed = store
-            .fail_pending_tasks(endpoint_id, "EndpointStartFailed", "no such account")
+            .is_empty()
+    );
+    let forwarded: Vec<Uuid> = unforwarded[..400].iter().map(|t| t.task_id).collect();
+    store.mark_forwarded(&forwarded).await.unwrap();
+    assert_eq!(
+        store
+            .unforwarded_failures(i64::MAX, 1000)
             .await
-            .unwrap();
-        assert_eq!(failed.len(), 449, "{backend}");
-        assert!(
-            failed
-                .iter()
-                .all(|t| t.status == TaskStatus::Failed && t.task_buffer.is_none())
-        );
-        assert_eq!(
-            error_details_of(&failed[0]),
-            Some(("EndpointStartFailed".into(), "no such account".into()))
-        );
-        assert!(store.unsent_tasks(i64::MAX, 1000).await.unwrap().is_empty());
-        // The service's own failures wait to be forwarded until marked.
-        let unforwarded = store.unforwarded_failures(i64::MAX, 1000).await.unwrap();
-        assert_eq!(unforwarded.len(), 449, "{backend}");
-        assert!(
-            store
-                .unforwarded_failures(0, 1000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let forwarded: Vec<Uuid> = unforwarded[..400].iter().map(|t| t.task_id).collect();
-        store.mark_forwarded(&forwarded).await.unwrap();
-        assert_eq!(
-            store
-                .unforwarded_failures(i64::MAX, 1000)
-                .await
-                .unwrap()
-                .len(),
-            49,
-            "{backend}"
-        );
-        assert!(
-            store
-                .fail_unfinished_tasks(&ids[..10], "ENDPOINT_DELETED", "gone")
-                .await
-                .unwrap()
-                .is_empty(),
-            "{backend}: finished tasks stay as they are"
-        );
-        // A late result does not overwrite a finished task.
-        store.store_result(ids[1], endpoint_id, &ok).await.unwrap();
-        assert_eq!(
-            store.task(ids[1]).await.unwrap().unwrap().status,
-            TaskStatus::Failed
-        );
-        assert_eq!(
-            store.task(ids[0]).await.unwrap().unwrap().status,
-            TaskStatus::Success
-        );
-    }
+            .unwrap()
+            .len(),
+        49
+    );
+    assert!(
+        store
+            .fail_unfinished_tasks(&ids[..10], "ENDPOINT_DELETED", "gone")
+            .await
+            .unwrap()
+            .is_empty(),
+        "finished tasks stay as they are"
+    );
+    // A late result does not overwrite a finished task.
+    store.store_result(ids[1], endpoint_id, &ok).await.unwrap();
+    assert_eq!(
+        store.task(ids[1]).await.unwrap().unwrap().status,
+        TaskStatus::Failed
+    );
+    assert_eq!(
+        store.task(ids[0]).await.unwrap().unwrap().status,
+        TaskStatus::Success
+    );
 }
 
 #[tokio::test]
-async fn settings_initialise_once() {
-    for (_, url) in backends().await {
-        let store = Store::connect(&url).await.unwrap();
-        let first = store
-            .setting_or_init("broker_secret", || "a".into())
-            .await
-            .unwrap();
-        let second = store
-            .setting_or_init("broker_secret", || "b".into())
-            .await
-            .unwrap();
-        assert_eq!((first.as_str(), second.as_str()), ("a", "a"));
-    }
+async fn submits_results_and_failures_persist_across_reconnects_sqlite() {
+    submits_results_and_failures_persist_across_reconnects(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn submits_results_and_failures_persist_across_reconnects_postgres() {
+    submits_results_and_failures_persist_across_reconnects(
+        gantry_testkit::fresh_postgres_database().await,
+    )
+    .await;
+}
+
+async fn settings_initialise_once(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let first = store
+        .setting_or_init("broker_secret", || "a".into())
+        .await
+        .unwrap();
+    let second = store
+        .setting_or_init("broker_secret", || "b".into())
+        .await
+        .unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("a", "a"));
+}
+
+#[tokio::test]
+async fn settings_initialise_once_sqlite() {
+    settings_initialise_once(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn settings_initialise_once_postgres() {
+    settings_initialise_once(gantry_testkit::fresh_postgres_database().await).await;
 }
 
 /// A SQLite file is created wherever it is asked for, also under a path that happens
@@ -552,12 +560,7 @@ async fn results_go_to_a_group_once_it_has_a_queue(url: String) {
 
 #[tokio::test]
 async fn results_go_to_a_group_once_it_has_a_queue_sqlite() {
-    let dir = gantry_testkit::fresh_temp_dir("store");
-    results_go_to_a_group_once_it_has_a_queue(format!(
-        "sqlite://{}",
-        dir.join("service.db").display()
-    ))
-    .await;
+    results_go_to_a_group_once_it_has_a_queue(sqlite_url()).await;
 }
 
 #[tokio::test]

@@ -22,8 +22,6 @@ pub enum Backend {
     Postgres,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
-
 /// A test's service and everything it needs to be started again (same database).
 pub struct TestService {
     pub service: Option<RunningService>,
