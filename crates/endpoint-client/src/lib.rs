@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use gantry_protocol::rest::{
     EndpointRegistrationRequest, EndpointRegistrationResponse, EndpointStatusResponse, ErrorBody,
+    TokenResponse,
 };
-use serde::Deserialize;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -104,13 +104,6 @@ impl ClientError {
             ClientError::BadUrl { .. } | ClientError::Malformed { .. } => false,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
 }
 
 struct CachedToken {

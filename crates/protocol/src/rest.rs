@@ -322,6 +322,148 @@ pub struct EndpointRegistrationResponse {
     pub heartbeat_queue_info: QueueInfo,
 }
 
+/// A token from `POST /v2/oauth2/token` (the client-credentials grant), as Globus Auth
+/// answers: the first resource server's token, with one more per other resource server
+/// the requested scopes named. The SDK and the official endpoint read `other_tokens`
+/// whether or not it is empty, so it is always sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The bearer token.
+    pub access_token: String,
+    /// Its lifetime in seconds.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// The resource server it is for (`funcx_service`, `auth.globus.org`).
+    #[serde(default)]
+    pub resource_server: String,
+    /// The scopes it carries, space-separated.
+    #[serde(default)]
+    pub scope: String,
+    /// Always `Bearer`.
+    #[serde(default)]
+    pub token_type: String,
+    /// The tokens for the other resource servers.
+    #[serde(default)]
+    pub other_tokens: Vec<TokenResponse>,
+}
+
+/// Someone as Globus Auth describes an identity (in `userinfo`'s `identity_set`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityDocument {
+    /// The identity id.
+    pub sub: Uuid,
+    /// The identity id again, under the name identity lookups use.
+    pub id: Uuid,
+    /// The username (`<client id>@clients.auth.globus.org` for a client).
+    pub username: String,
+    /// A name for people.
+    pub name: String,
+    /// Gantry knows no e-mail addresses.
+    pub email: Option<String>,
+    /// Gantry knows no organizations.
+    pub organization: Option<String>,
+    /// The identity provider's name.
+    pub identity_provider: String,
+    /// The identity provider's name for people.
+    pub identity_provider_display_name: String,
+    /// `used`: the identity has signed in.
+    pub status: String,
+}
+
+/// `GET /v2/oauth2/userinfo`, which the official endpoint calls to learn its own
+/// identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The identity id.
+    pub sub: Uuid,
+    /// The username.
+    pub preferred_username: String,
+    /// A name for people.
+    pub name: String,
+    /// Gantry knows no e-mail addresses.
+    pub email: Option<String>,
+    /// The identity provider's name.
+    pub identity_provider: String,
+    /// The identity provider's name for people.
+    pub identity_provider_display_name: String,
+    /// Gantry knows no organizations.
+    pub organization: Option<String>,
+    /// Gantry does not record sign-ins.
+    pub last_authentication: Option<i64>,
+    /// The caller's identities: exactly one.
+    pub identity_set: Vec<IdentityDocument>,
+}
+
+/// An endpoint as `GET /v2/endpoints[/{id}]` shows it (the SDK's `get_endpoint_metadata`
+/// and `get_endpoints`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointView {
+    /// Its id, under the name `get_endpoints` reads.
+    pub uuid: Uuid,
+    /// Its id.
+    pub endpoint_id: Uuid,
+    /// Short name.
+    pub name: String,
+    /// A name for people.
+    pub display_name: Option<String>,
+    /// Multi-user endpoint?
+    pub multi_user: bool,
+    /// Open to every user?
+    pub public: bool,
+    /// High assurance?
+    pub high_assurance: bool,
+    /// A locked endpoint takes no new tasks.
+    pub locked: bool,
+    /// Who registered it (for a user endpoint: the user it runs for).
+    pub owner: Uuid,
+    /// The functions it restricts itself to, if it does.
+    pub allowed_functions: Option<Vec<Uuid>>,
+    /// What the endpoint reported about itself.
+    pub metadata: Map<String, Value>,
+    /// For a user endpoint: its multi-user endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_endpoint_id: Option<Uuid>,
+    /// For a user endpoint: the configuration it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_endpoint_config: Option<Map<String, Value>>,
+}
+
+/// `GET /v3/endpoints/{id}/allowed_functions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedFunctionsResponse {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The functions it runs (empty: any).
+    pub functions: Vec<Uuid>,
+}
+
+/// `POST /v3/endpoints/{id}/lock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointLockResponse {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Always true.
+    pub locked: bool,
+}
+
+/// `DELETE /v2/endpoints/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDeleteResponse {
+    /// 302, as Globus Compute answers (the SDK ignores it).
+    pub result: u16,
+    /// The endpoint and its user endpoints.
+    pub removed: Vec<Uuid>,
+}
+
+/// `DELETE /v2/functions/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionDeleteResponse {
+    /// The function.
+    pub function_uuid: Uuid,
+    /// Always true.
+    pub deleted: bool,
+}
+
 /// Every error the service returns. The SDK reads `code` (a string) and `message`; the
 /// endpoint CLI prints `reason`; so all three are sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

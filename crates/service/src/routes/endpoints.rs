@@ -5,7 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gantry_broker::layout::{command_queue, task_queue};
 use gantry_protocol::rest::{
+    AllowedFunctionsResponse, EndpointDeleteResponse, EndpointLockResponse,
     EndpointRegistrationRequest, EndpointRegistrationResponse, EndpointStatusResponse,
+    EndpointView,
 };
 use gantry_store::{EndpointRecord, EndpointRegistration};
 use serde::Deserialize;
@@ -168,25 +170,22 @@ pub async fn register_existing(
     register(&state, &caller, endpoint_id, request).await
 }
 
-fn metadata_view(endpoint: &EndpointRecord) -> Value {
-    let mut view = json!({
-        "uuid": endpoint.endpoint_id,
-        "endpoint_id": endpoint.endpoint_id,
-        "name": endpoint.name,
-        "display_name": endpoint.display_name,
-        "multi_user": endpoint.multi_user,
-        "public": endpoint.public,
-        "high_assurance": endpoint.high_assurance,
-        "locked": endpoint.locked,
-        "owner": endpoint.owner_identity_id,
-        "allowed_functions": endpoint.allowed_functions,
-        "metadata": endpoint.metadata,
-    });
-    if let Some(uep) = &endpoint.uep {
-        view["parent_endpoint_id"] = json!(uep.mep_id);
-        view["user_endpoint_config"] = Value::Object(uep.user_config.clone());
+fn metadata_view(endpoint: &EndpointRecord) -> EndpointView {
+    EndpointView {
+        uuid: endpoint.endpoint_id,
+        endpoint_id: endpoint.endpoint_id,
+        name: endpoint.name.clone(),
+        display_name: endpoint.display_name.clone(),
+        multi_user: endpoint.multi_user,
+        public: endpoint.public,
+        high_assurance: endpoint.high_assurance,
+        locked: endpoint.locked,
+        owner: endpoint.owner_identity_id,
+        allowed_functions: endpoint.allowed_functions.clone(),
+        metadata: endpoint.metadata.clone(),
+        parent_endpoint_id: endpoint.uep.as_ref().map(|uep| uep.mep_id),
+        user_endpoint_config: endpoint.uep.as_ref().map(|uep| uep.user_config.clone()),
     }
-    view
 }
 
 /// `GET /v2/endpoints/{id}`.
@@ -194,7 +193,7 @@ pub async fn get_endpoint(
     State(state): State<AppState>,
     caller: Caller,
     Path(endpoint_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointView>> {
     let endpoint = visible_endpoint(&state, &caller, &endpoint_id).await?;
     Ok(Json(metadata_view(&endpoint)))
 }
@@ -215,7 +214,7 @@ pub async fn list_endpoints(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<ListEndpointsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<EndpointView>>> {
     let endpoints = match query.role.as_deref() {
         None | Some("owner") => state.store.endpoints_of(caller.identity_id()).await?,
         Some("any") => {
@@ -235,9 +234,7 @@ pub async fn list_endpoints(
             ));
         }
     };
-    Ok(Json(Value::from(
-        endpoints.iter().map(metadata_view).collect::<Vec<_>>(),
-    )))
+    Ok(Json(endpoints.iter().map(metadata_view).collect()))
 }
 
 /// `GET /v2/endpoints/{id}/status`.
@@ -264,12 +261,12 @@ pub async fn allowed_functions(
     State(state): State<AppState>,
     caller: Caller,
     Path(endpoint_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AllowedFunctionsResponse>> {
     let endpoint = visible_endpoint(&state, &caller, &endpoint_id).await?;
-    Ok(Json(json!({
-        "endpoint_id": endpoint_id,
-        "functions": endpoint.allowed_functions.unwrap_or_default(),
-    })))
+    Ok(Json(AllowedFunctionsResponse {
+        endpoint_id: endpoint.endpoint_id,
+        functions: endpoint.allowed_functions.unwrap_or_default(),
+    }))
 }
 
 async fn managed_endpoint(
@@ -310,12 +307,13 @@ pub async fn lock_endpoint(
     State(state): State<AppState>,
     caller: Caller,
     Path(endpoint_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EndpointLockResponse>> {
     let endpoint = managed_endpoint(&state, &caller, &endpoint_id).await?;
     state.store.lock_endpoint(endpoint.endpoint_id).await?;
-    Ok(Json(
-        json!({"endpoint_id": endpoint.endpoint_id, "locked": true}),
-    ))
+    Ok(Json(EndpointLockResponse {
+        endpoint_id: endpoint.endpoint_id,
+        locked: true,
+    }))
 }
 
 /// `DELETE /v2/endpoints/{id}`: removes it, its UEPs, their queues and accounts.
@@ -324,7 +322,7 @@ pub async fn delete_endpoint(
     State(state): State<AppState>,
     caller: Caller,
     Path(endpoint_id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<EndpointDeleteResponse>)> {
     let endpoint = managed_endpoint(&state, &caller, &endpoint_id).await?;
     let ueps = state.store.ueps_of(endpoint.endpoint_id).await?;
     // Tasks still waiting would wait forever: they fail with the deletion, and their
@@ -347,7 +345,10 @@ pub async fn delete_endpoint(
     dispatch::forward_failures(&state, &failed).await;
     Ok((
         StatusCode::OK,
-        Json(json!({"result": 302, "removed": removed})),
+        Json(EndpointDeleteResponse {
+            result: 302,
+            removed,
+        }),
     ))
 }
 

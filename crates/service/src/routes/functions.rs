@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use gantry_protocol::packed::{Strategy, pack_buffers, unpack_buffers};
 use gantry_protocol::rest::{
-    FunctionRegistrationRequest, FunctionRegistrationResponse, FunctionResponse,
+    FunctionDeleteResponse, FunctionRegistrationRequest, FunctionRegistrationResponse,
+    FunctionResponse,
 };
 use gantry_store::NewFunction;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -114,7 +114,7 @@ pub async fn delete_function(
     State(state): State<AppState>,
     caller: Caller,
     Path(function_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FunctionDeleteResponse>> {
     let function_id = parse_id(&function_id, "function id")?;
     if !state
         .store
@@ -127,5 +127,8 @@ pub async fn delete_function(
         ));
     }
     tracing::info!(%function_id, user = %caller.0.identity.username, "function deleted");
-    Ok(Json(json!({"function_uuid": function_id, "deleted": true})))
+    Ok(Json(FunctionDeleteResponse {
+        function_uuid: function_id,
+        deleted: true,
+    }))
 }

@@ -11,8 +11,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
+use gantry_protocol::rest::{IdentityDocument, TokenResponse, UserInfo};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::{AnyResourceCaller, Caller};
@@ -76,7 +76,7 @@ pub async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(request): Form<TokenRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TokenResponse>> {
     if request.grant_type != "client_credentials" {
         return Err(oauth_error(
             StatusCode::BAD_REQUEST,
@@ -129,16 +129,17 @@ pub async fn token(
             .store
             .issue_client_token(&client, &scope, lifetime * 1000)
             .await?;
-        tokens.push(json!({
-            "access_token": token,
-            "expires_in": lifetime,
-            "resource_server": server,
-            "scope": scope,
-            "token_type": "Bearer",
-        }));
+        tokens.push(TokenResponse {
+            access_token: token,
+            expires_in: Some(u64::try_from(lifetime).unwrap_or(0)),
+            resource_server: (*server).to_owned(),
+            scope,
+            token_type: "Bearer".to_owned(),
+            other_tokens: Vec::new(),
+        });
     }
     let mut first = tokens.remove(0);
-    first["other_tokens"] = Value::from(tokens);
+    first.other_tokens = tokens;
     tracing::info!(client = %client.name, "issued client-credentials tokens");
     Ok(Json(first))
 }
@@ -193,8 +194,11 @@ fn checked_scopes(requested: &str) -> ApiResult<Vec<&str>> {
     Ok(scopes)
 }
 
+/// The identity provider's name for people.
+const IDENTITY_PROVIDER_DISPLAY_NAME: &str = "Gantry";
+
 /// The identity document of a caller, as `userinfo` and identity lookups show it.
-pub fn identity_document(caller: &Caller) -> Value {
+pub fn identity_document(caller: &Caller) -> IdentityDocument {
     let identity = &caller.0.identity;
     let username = match identity.kind {
         gantry_store::IdentityKind::Client => {
@@ -202,31 +206,31 @@ pub fn identity_document(caller: &Caller) -> Value {
         }
         gantry_store::IdentityKind::User => identity.username.clone(),
     };
-    json!({
-        "sub": identity.identity_id,
-        "id": identity.identity_id,
-        "username": username,
-        "name": identity.username,
-        "email": null,
-        "organization": null,
-        "identity_provider": IDENTITY_PROVIDER,
-        "identity_provider_display_name": "Gantry",
-        "status": "used",
-    })
+    IdentityDocument {
+        sub: identity.identity_id,
+        id: identity.identity_id,
+        username,
+        name: identity.username.clone(),
+        email: None,
+        organization: None,
+        identity_provider: IDENTITY_PROVIDER.to_owned(),
+        identity_provider_display_name: IDENTITY_PROVIDER_DISPLAY_NAME.to_owned(),
+        status: "used".to_owned(),
+    }
 }
 
 /// `GET /v2/oauth2/userinfo`.
-pub async fn userinfo(AnyResourceCaller(caller): AnyResourceCaller) -> Json<Value> {
+pub async fn userinfo(AnyResourceCaller(caller): AnyResourceCaller) -> Json<UserInfo> {
     let document = identity_document(&caller);
-    Json(json!({
-        "sub": document["sub"],
-        "preferred_username": document["username"],
-        "name": document["name"],
-        "email": null,
-        "identity_provider": IDENTITY_PROVIDER,
-        "identity_provider_display_name": "Gantry",
-        "organization": null,
-        "last_authentication": null,
-        "identity_set": [document],
-    }))
+    Json(UserInfo {
+        sub: document.sub,
+        preferred_username: document.username.clone(),
+        name: document.name.clone(),
+        email: None,
+        identity_provider: IDENTITY_PROVIDER.to_owned(),
+        identity_provider_display_name: IDENTITY_PROVIDER_DISPLAY_NAME.to_owned(),
+        organization: None,
+        last_authentication: None,
+        identity_set: vec![document],
+    })
 }
