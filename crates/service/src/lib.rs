@@ -17,6 +17,7 @@ pub mod error;
 pub mod extract;
 pub mod logging;
 pub mod queues;
+pub mod quotas;
 pub mod routes;
 pub mod server;
 pub mod state;
