@@ -222,6 +222,48 @@ impl Management {
         self.delete_vhost(vhost).await
     }
 
+    /// Makes the queues of `vhost` whose names match `pattern` expire once unused for
+    /// `expires` (no consumer, no declaration, no `basic.get`), through the operator
+    /// policy `name`; `None` removes the policy, so they never expire.
+    ///
+    /// A policy, rather than an `x-expires` argument at declaration: it applies to
+    /// queues declared before it (by an earlier version, or under another expiry), and
+    /// changing it changes them all, whereas redeclaring a queue with other arguments
+    /// fails with `PRECONDITION_FAILED` and closes the channel. An operator policy,
+    /// rather than a plain one, so that it adds to an operator's own policies on those
+    /// queues instead of replacing them (RabbitMQ applies one plain policy per queue;
+    /// for `expires` set by both, the lower wins). Needs the `administrator` tag, which
+    /// creating accounts needs too.
+    pub async fn set_queue_expiry(
+        &self,
+        vhost: &str,
+        name: &str,
+        pattern: &str,
+        expires: Option<std::time::Duration>,
+    ) -> Result<(), BrokerError> {
+        let path = format!("/operator-policies/{}/{}", segment(vhost), segment(name));
+        let Some(expires) = expires else {
+            self.send(reqwest::Method::DELETE, &path, None).await?;
+            return Ok(());
+        };
+        // RabbitMQ takes a whole number of milliseconds, at least 1.
+        let expires_ms = u64::try_from(expires.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.send(
+            reqwest::Method::PUT,
+            &path,
+            Some(json!({
+                "pattern": pattern,
+                "apply-to": "queues",
+                "priority": 0,
+                "definition": {"expires": expires_ms},
+            })),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Creates or updates an account of `deployment` (tagged with its tag, which grants
     /// nothing: the account can only speak AMQP) and sets exactly `permissions` on
     /// `vhost`. An existing account without the tag is someone else's: it is left as it

@@ -82,6 +82,14 @@ pub fn task_group_queue(identity: Uuid, task_group: Uuid) -> String {
     format!("{}{task_group}", user_queue_prefix(identity))
 }
 
+/// A RabbitMQ regular expression that matches every task group's result queue
+/// ([`task_group_queue`]) of every user, and no other queue: the service's expiry
+/// policy applies to these alone, never to an endpoint's task or command queue.
+pub fn task_group_queue_pattern() -> String {
+    const UUID: &str = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
+    format!("^gantry\\.{UUID}\\.{UUID}$")
+}
+
 /// One Gantry deployment (one service database): 12 lowercase hex digits, made at
 /// random when the database is new. Broker account names carry it, because account
 /// names are global to a RabbitMQ while endpoint ids are chosen by clients: without it,
@@ -228,6 +236,33 @@ mod tests {
             "../../etc/xx",
         ] {
             assert!(Deployment::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_result_queue_pattern_names_result_queues_only() {
+        let (user, group) = (Uuid::new_v4(), Uuid::new_v4());
+        let pattern = task_group_queue_pattern();
+        // Spelled out: the pattern is RabbitMQ's (Erlang re), not a crate's.
+        assert_eq!(
+            pattern,
+            "^gantry\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\.\
+             [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+        );
+        // The names it must match are two lowercase hyphenated UUIDs after `gantry.`.
+        let queue = task_group_queue(user, group);
+        assert_eq!(queue, format!("gantry.{user}.{group}"));
+        assert_eq!(
+            user.to_string(),
+            user.hyphenated().to_string().to_lowercase()
+        );
+        // The endpoints' queues start otherwise.
+        for other in [
+            task_queue(user),
+            command_queue(user),
+            RESULTS_QUEUE.to_owned(),
+        ] {
+            assert!(!other.starts_with("gantry."), "{other}");
         }
     }
 

@@ -13,6 +13,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds after which trying again may succeed (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client that trying again after `seconds` may
+    /// succeed (a `Retry-After` header): for refusals that waiting resolves.
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The `Retry-After` seconds, if trying again later may succeed.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     /// 400: the request is malformed.
@@ -69,7 +84,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody::new(self.status.as_u16(), self.code, self.message);
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -80,6 +101,7 @@ impl From<gantry_store::StoreError> for ApiError {
             gantry_store::StoreError::NotFound(message) => {
                 ApiError::not_found("NOT_FOUND", message)
             }
+            gantry_store::StoreError::LimitReached(limit) => crate::quotas::refusal(&limit),
             other => ApiError::unavailable("the database failed", other),
         }
     }

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod logging;
 pub mod master_secret;
 pub mod queues;
+pub mod quotas;
 pub mod routes;
 pub mod server;
 pub mod state;

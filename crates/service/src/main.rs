@@ -9,6 +9,7 @@ use gantry_broker_accounts::management::Management;
 use gantry_service::admin::BrokerCleanup;
 use gantry_service::logging;
 use gantry_service::master_secret::MasterSecretSource;
+use gantry_service::quotas::{self, Quotas};
 use gantry_service::server::{Limits, ServeConfig, start_with_limits};
 use gantry_store::Store;
 use serde_json::json;
@@ -141,6 +142,27 @@ struct ServeArgs {
     /// service asks its multi-user endpoint again to start it, in seconds.
     #[arg(long, default_value_t = 60)]
     start_retry_after_s: u64,
+    /// The most user endpoint configurations one user may have on one multi-user
+    /// endpoint. Each distinct user_endpoint_config (with the user's Python version)
+    /// makes a user endpoint for good: a broker account, a queue, and a process the
+    /// endpoint starts as the user. Past it, a submit with a new configuration gets 429
+    /// TOO_MANY_USER_ENDPOINT_CONFIGS; configurations used before still work. 0: no limit.
+    #[arg(long, env = "GANTRY_MAX_USER_ENDPOINT_CONFIGS", default_value_t = quotas::DEFAULT_MAX_USER_ENDPOINT_CONFIGS)]
+    max_user_endpoint_configs: u64,
+    /// The most live task groups one user may have: groups with unfinished tasks, or
+    /// whose result queue may still exist (see --result-queue-expiry-s). Past it, a
+    /// submit that starts another gets 429 TOO_MANY_LIVE_TASK_GROUPS. 0: no limit.
+    #[arg(long, env = "GANTRY_MAX_LIVE_TASK_GROUPS", default_value_t = quotas::DEFAULT_MAX_LIVE_TASK_GROUPS)]
+    max_live_task_groups: u64,
+    /// The most tasks one user may have in flight (submitted, not yet finished). Past
+    /// it, a submit gets 429 TOO_MANY_TASKS_IN_FLIGHT. 0: no limit.
+    #[arg(long, env = "GANTRY_MAX_TASKS_IN_FLIGHT", default_value_t = quotas::DEFAULT_MAX_TASKS_IN_FLIGHT)]
+    max_tasks_in_flight: u64,
+    /// How long a task group's result queue may go unconsumed before RabbitMQ deletes
+    /// it, in seconds (a policy the service sets at start, so it covers existing queues
+    /// too). Results stay in the database: the SDK fetches them over REST. 0: never.
+    #[arg(long, env = "GANTRY_RESULT_QUEUE_EXPIRY_S", default_value_t = quotas::DEFAULT_RESULT_QUEUE_EXPIRY_S)]
+    result_queue_expiry_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -384,8 +406,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }),
         },
     };
+    let limit = |max: u64| (max > 0).then_some(max);
     let limits = Limits {
         max_submit_expanded_bytes: args.max_submit_expanded_mb.saturating_mul(1024 * 1024),
+        quotas: Quotas {
+            max_user_endpoint_configs: limit(args.max_user_endpoint_configs),
+            max_live_task_groups: limit(args.max_live_task_groups),
+            max_tasks_in_flight: limit(args.max_tasks_in_flight),
+            result_queue_expiry: limit(args.result_queue_expiry_s)
+                .map(std::time::Duration::from_secs),
+        },
     };
     start_with_limits(config, limits)
         .await?

@@ -50,12 +50,16 @@ pub struct Limits {
     /// multiplies (a 64 MiB function in 10,000 tasks would be 640 GiB); a submit past
     /// this gets 413 (`--max-submit-expanded-mb`, 1024 MiB by default).
     pub max_submit_expanded_bytes: usize,
+    /// What one user may have at once (user endpoints per MEP, live task groups, tasks
+    /// in flight), and how long an unused result queue lives.
+    pub quotas: crate::quotas::Quotas,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_submit_expanded_bytes: 1024 * 1024 * 1024,
+            quotas: crate::quotas::Quotas::default(),
         }
     }
 }
@@ -192,6 +196,9 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
         .claim_vhost(&vhost, &deployment)
         .await
         .context("cannot set up RabbitMQ through its management API (is the rabbitmq_management plugin enabled?)")?;
+    crate::quotas::apply_result_queue_expiry(&management, &vhost, limits.quotas.result_queue_expiry)
+        .await
+        .context("cannot set the broker policy that expires unused result queues (the management account needs the administrator tag; --result-queue-expiry-s 0 sets none)")?;
     let shared_broker = SharedBroker::connect(&config.amqp_url).await?;
     let (public_amqp_scheme, public_amqp_authority) = public_amqp(&config)?;
     let state = AppState {
@@ -209,6 +216,7 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
             client_token_lifetime_s: config.client_token_lifetime_s,
             start_retry_after_ms: i64::try_from(config.start_retry_after.as_millis())
                 .unwrap_or(i64::MAX),
+            quotas: limits.quotas.clone(),
         }),
         provisioned: Arc::new(Mutex::new(Default::default())),
         endpoint_gates: Arc::new(Mutex::new(Default::default())),

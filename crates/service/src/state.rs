@@ -34,6 +34,8 @@ pub struct ServiceSettings {
     /// How long a UEP's tasks may wait, with no start request answered, before the
     /// service asks its MEP again (ms).
     pub start_retry_after_ms: i64,
+    /// The per-user quotas and the result-queue expiry.
+    pub quotas: crate::quotas::Quotas,
 }
 
 /// Shared state: the database, the broker and the settings; cheap to clone.

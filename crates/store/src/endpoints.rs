@@ -269,24 +269,55 @@ impl Store {
         uep_id: Uuid,
         binding: &UepBinding,
     ) -> StoreResult<EndpointRecord> {
-        sqlx::query(
-            "INSERT INTO endpoints (endpoint_id, owner_identity_id, name, multi_user, public, \
-               high_assurance, metadata, parent_endpoint_id, user_identity_id, user_config, \
-               user_runtime, locked, created_at, broker_salt) \
-             VALUES ($1, $2, $3, 0, 0, 0, '{}', $4, $2, $5, $6, 0, $7, $8) \
-             ON CONFLICT (endpoint_id) DO UPDATE SET user_runtime = $6 \
-               WHERE endpoints.parent_endpoint_id = $4 AND endpoints.user_identity_id = $2",
-        )
-        .bind(uep_id.to_string())
-        .bind(binding.user_identity_id.to_string())
-        .bind(format!("uep.{}.{}", binding.mep_id, uep_id))
-        .bind(binding.mep_id.to_string())
-        .bind(json_text(&binding.user_config))
-        .bind(json_text(&binding.user_runtime))
-        .bind(now_ms())
-        .bind(crate::secret::new_salt())
-        .execute(&self.pool)
-        .await?;
+        self.ensure_uep_within(uep_id, binding, None).await
+    }
+
+    /// [`Store::ensure_uep`], but a new UEP is refused with
+    /// [`StoreError::LimitReached`] (and nothing written) when the user has
+    /// `max_configs` UEPs under this MEP already. A UEP that exists is never refused.
+    /// The count and the insert share one transaction, after the user's row is locked,
+    /// so concurrent submits of new configurations cannot pass the limit together.
+    pub async fn ensure_uep_within(
+        &self,
+        uep_id: Uuid,
+        binding: &UepBinding,
+        max_configs: Option<u64>,
+    ) -> StoreResult<EndpointRecord> {
+        let exists = || async {
+            StoreResult::Ok(
+                sqlx::query_scalar::<_, String>(
+                    "SELECT endpoint_id FROM endpoints WHERE endpoint_id = $1",
+                )
+                .bind(uep_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+            )
+        };
+        match max_configs {
+            Some(max) if !exists().await? => {
+                let mut tx = self.begin_write().await?;
+                crate::limits::lock_user(&mut tx, binding.user_identity_id).await?;
+                let others = crate::limits::user_endpoint_configs(
+                    &mut tx,
+                    binding.mep_id,
+                    binding.user_identity_id,
+                    uep_id,
+                )
+                .await?;
+                if others >= max {
+                    return Err(StoreError::LimitReached(
+                        crate::LimitReached::UserEndpointConfigs {
+                            mep_id: binding.mep_id,
+                            max,
+                        },
+                    ));
+                }
+                upsert_uep(&mut *tx, uep_id, binding).await?;
+                tx.commit().await?;
+            }
+            _ => upsert_uep(&self.pool, uep_id, binding).await?,
+        }
         let uep = self
             .endpoint(uep_id)
             .await?
@@ -455,4 +486,32 @@ impl Store {
             .map(endpoint_from_row)
             .collect()
     }
+}
+
+/// Inserts a UEP row from `binding`, or updates the runtime of the same user's UEP under
+/// the same MEP; an id held by anything else is left as it is (the caller checks).
+async fn upsert_uep<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    uep_id: Uuid,
+    binding: &UepBinding,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO endpoints (endpoint_id, owner_identity_id, name, multi_user, public, \
+           high_assurance, metadata, parent_endpoint_id, user_identity_id, user_config, \
+           user_runtime, locked, created_at, broker_salt) \
+         VALUES ($1, $2, $3, 0, 0, 0, '{}', $4, $2, $5, $6, 0, $7, $8) \
+         ON CONFLICT (endpoint_id) DO UPDATE SET user_runtime = $6 \
+           WHERE endpoints.parent_endpoint_id = $4 AND endpoints.user_identity_id = $2",
+    )
+    .bind(uep_id.to_string())
+    .bind(binding.user_identity_id.to_string())
+    .bind(format!("uep.{}.{}", binding.mep_id, uep_id))
+    .bind(binding.mep_id.to_string())
+    .bind(json_text(&binding.user_config))
+    .bind(json_text(&binding.user_runtime))
+    .bind(now_ms())
+    .bind(crate::secret::new_salt())
+    .execute(executor)
+    .await?;
+    Ok(())
 }

@@ -19,6 +19,7 @@
 
 mod endpoints;
 mod identities;
+mod limits;
 pub mod secret;
 mod tasks;
 
@@ -33,6 +34,7 @@ pub use identities::{
     CLIENT_REVOKED_CODE, ClientSummary, EndpointClient, Identity, IdentityKind, Principal,
     Revocation, TokenKind,
 };
+pub use limits::{LimitReached, SubmitLimits};
 pub use tasks::{
     FunctionRecord, NewFunction, NewSubmit, NewTask, StoredResult, SubmittedBatch, TaskRecord,
     TaskStatus, error_details_of,
@@ -56,6 +58,9 @@ pub enum StoreError {
     /// A stored value is not what this version of Gantry wrote.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The write would pass one of the user's limits; nothing was written.
+    #[error("limit reached: {0}")]
+    LimitReached(LimitReached),
 }
 
 /// Result alias for store operations.

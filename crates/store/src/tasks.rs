@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use crate::limits::{SubmitLimits, check_submit, lock_user};
 use crate::{Store, StoreError, StoreResult, now_ms, parse_json, parse_uuid};
 
 /// A function as a user registers it.
@@ -305,6 +306,19 @@ impl Store {
     /// on the broker and calls [`Store::mark_enqueued`]; until then the messages stay
     /// here, so a crash in between loses nothing ([`Store::unsent_tasks`]).
     pub async fn insert_submit(&self, submit: &NewSubmit<'_>) -> StoreResult<SubmittedBatch> {
+        self.insert_submit_within(submit, &SubmitLimits::NONE).await
+    }
+
+    /// [`Store::insert_submit`], refused with [`StoreError::LimitReached`] (and nothing
+    /// written) when it would pass the submitter's `limits`. The check runs in the same
+    /// transaction, after the submitter's row is locked, so concurrent submits of one
+    /// user cannot pass a limit together. A submit that asks for a result queue records
+    /// when (`queue_declared_at`): the group counts as live while the queue may exist.
+    pub async fn insert_submit_within(
+        &self,
+        submit: &NewSubmit<'_>,
+        limits: &SubmitLimits,
+    ) -> StoreResult<SubmittedBatch> {
         let NewSubmit {
             owner,
             task_group_id,
@@ -318,14 +332,22 @@ impl Store {
         let request_id = Uuid::new_v4();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
+        if limits.any() {
+            lock_user(&mut tx, owner).await?;
+            let submitted = u64::try_from(tasks.len()).unwrap_or(u64::MAX);
+            check_submit(&mut tx, owner, task_group_id, submitted, limits, now).await?;
+        }
+        let declared_at = result_queue.then_some(now);
         let created = sqlx::query(
-            "INSERT INTO task_groups (task_group_id, owner_identity_id, created_at, result_queue) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (task_group_id) DO NOTHING",
+            "INSERT INTO task_groups (task_group_id, owner_identity_id, created_at, result_queue, \
+               queue_declared_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (task_group_id) DO NOTHING",
         )
         .bind(task_group_id.to_string())
         .bind(owner.to_string())
         .bind(now)
         .bind(i64::from(result_queue))
+        .bind(declared_at)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -344,6 +366,15 @@ impl Store {
                 return Err(StoreError::NotFound(format!(
                     "task group {task_group_id} not found"
                 )));
+            }
+            if result_queue {
+                sqlx::query(
+                    "UPDATE task_groups SET queue_declared_at = $1 WHERE task_group_id = $2",
+                )
+                .bind(now)
+                .bind(task_group_id.to_string())
+                .execute(&mut *tx)
+                .await?;
             }
             if result_queue && had_queue == 0 {
                 // The group has a queue now: the results of its earlier tasks go there too.
@@ -402,6 +433,30 @@ impl Store {
             task_group_id,
             task_group_created: created,
         })
+    }
+
+    /// Records that `owner`'s task group declares its result queue again now, if it has
+    /// one and still has unfinished tasks (whose results are still to come); returns
+    /// whether it does, and the caller then declares the queue. A queue that nobody
+    /// consumed expires, and an SDK that comes back for the rest of the results
+    /// (`Executor.reload_tasks`) must find it.
+    pub async fn redeclare_result_queue(
+        &self,
+        owner: Uuid,
+        task_group_id: Uuid,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE task_groups SET queue_declared_at = $1 WHERE task_group_id = $2 \
+               AND owner_identity_id = $3 AND result_queue = 1 \
+               AND EXISTS (SELECT 1 FROM tasks WHERE owner_identity_id = $3 \
+                 AND task_group_id = $2 AND status IN ('waiting-for-ep', 'running'))",
+        )
+        .bind(now_ms())
+        .bind(task_group_id.to_string())
+        .bind(owner.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Those of `task_ids` still waiting with their message unsent: what a publisher

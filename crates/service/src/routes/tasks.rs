@@ -21,6 +21,7 @@ use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
 use crate::queues::provision_uep;
+use crate::quotas;
 use crate::routes::endpoints::can_use_endpoint;
 use crate::state::AppState;
 use crate::uep_start;
@@ -151,6 +152,10 @@ pub async fn submit(
         ));
     }
 
+    // The user's quotas, before anything is created (the store checks again where it
+    // writes the tasks).
+    quotas::check_submit(&state, caller.identity_id(), task_group_id, total).await?;
+
     // Route: a MEP's tasks go to the user's own UEP for this configuration. Only now,
     // with the whole request checked, is anything created.
     let route = route_submit(&state, &caller, &endpoint, &request).await?;
@@ -169,16 +174,19 @@ pub async fn submit(
         .map(|s| Value::from(s.clone()));
     let batch = state
         .store
-        .insert_submit(&NewSubmit {
-            owner: caller.identity_id(),
-            task_group_id,
-            endpoint_id: route.target,
-            submitted_endpoint_id: endpoint_id,
-            tasks: &new_tasks,
-            resource_specification: spec.as_ref(),
-            result_serializers: serializers.as_ref(),
-            result_queue: request.create_queue,
-        })
+        .insert_submit_within(
+            &NewSubmit {
+                owner: caller.identity_id(),
+                task_group_id,
+                endpoint_id: route.target,
+                submitted_endpoint_id: endpoint_id,
+                tasks: &new_tasks,
+                resource_specification: spec.as_ref(),
+                result_serializers: serializers.as_ref(),
+                result_queue: request.create_queue,
+            },
+            &state.settings.quotas.submit_limits(),
+        )
         .await?;
 
     // The tasks are stored; from here on a broker failure delays them (the outbox
@@ -318,7 +326,8 @@ async fn route_submit(
         user_config: user_config.clone(),
         user_runtime: user_runtime.clone(),
     };
-    let uep = state.store.ensure_uep(uep_id, &binding).await?;
+    // A new configuration counts against the user's quota, checked as it is stored.
+    let uep = quotas::ensure_uep(state, uep_id, &binding).await?;
     // Its queue exists before its tasks are published, whether or not it runs.
     provision_uep(state, &uep).await?;
     let online = uep.is_online(gantry_store::now_ms());
@@ -498,6 +507,23 @@ pub async fn get_task_group(
             "TASK_GROUP_NOT_FOUND",
             format!("task group {task_group_id} not found"),
         ));
+    }
+    // `Executor.reload_tasks` starts here, reads the finished tasks over REST and waits
+    // on the group's result queue for the rest: a queue that expired unused while they
+    // ran is declared again for them.
+    if state
+        .store
+        .redeclare_result_queue(caller.identity_id(), task_group_id)
+        .await?
+    {
+        let queue = task_group_queue(caller.identity_id(), task_group_id);
+        let declared = match state.broker().await {
+            Ok(broker) => broker.declare_queue(&queue).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = declared {
+            tracing::warn!(%error, %task_group_id, "could not declare the task group's result queue again");
+        }
     }
     let tasks = state.store.tasks_of_group(task_group_id).await?;
     Ok(Json(TaskGroupResponse {
