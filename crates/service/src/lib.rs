@@ -15,6 +15,7 @@ pub mod consumers;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod http_server;
 pub mod logging;
 pub mod queues;
 pub mod routes;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::consumers::{CONSUMED_QUEUES, run_consumer};
 use crate::dispatch::run_outbox;
+use crate::http_server::HttpLimits;
 use crate::routes::router;
 use crate::state::{AppState, ServiceSettings};
 
@@ -48,12 +49,15 @@ pub struct Limits {
     /// multiplies (a 64 MiB function in 10,000 tasks would be 640 GiB); a submit past
     /// this gets 413 (`--max-submit-expanded-mb`, 1024 MiB by default).
     pub max_submit_expanded_bytes: usize,
+    /// Limits and timeouts of HTTP connections (see [`HttpLimits`]).
+    pub http: HttpLimits,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_submit_expanded_bytes: 1024 * 1024 * 1024,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -229,19 +233,14 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
         tokio::spawn(run_outbox(state.clone(), shutdown.subscribe())),
     ));
     let app = router(state.clone());
-    let mut http_shutdown = shutdown.subscribe();
     tasks.push((
         "http",
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.changed().await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "the HTTP server failed");
-            }
-        }),
+        tokio::spawn(crate::http_server::serve(
+            listener,
+            app,
+            crate::http_server::fit_to_descriptors(limits.http),
+            shutdown.subscribe(),
+        )),
     ));
     tracing::info!(%addr, "gantry-service listening");
     Ok(RunningService {

@@ -383,6 +383,7 @@ async fn heartbeats_are_bounded_and_their_task_statuses_applied_postgres() {
 async fn a_submit_keeps_its_function_once_and_is_bounded(backend: Backend) {
     let limits = gantry_service::server::Limits {
         max_submit_expanded_bytes: 4 * 1024 * 1024,
+        ..Default::default()
     };
     let service = TestService::start_with_limits(
         backend,
