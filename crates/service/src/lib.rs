@@ -16,6 +16,7 @@ pub mod consumers;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod http_server;
 pub mod logging;
 pub mod master_secret;
 pub mod queues;

@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gantry_broker_accounts::management::Management;
 use gantry_service::admin::BrokerCleanup;
+use gantry_service::http_server::HttpLimits;
 use gantry_service::logging;
 use gantry_service::master_secret::MasterSecretSource;
 use gantry_service::quotas::{self, Quotas};
@@ -163,6 +165,50 @@ struct ServeArgs {
     /// too). Results stay in the database: the SDK fetches them over REST. 0: never.
     #[arg(long, env = "GANTRY_RESULT_QUEUE_EXPIRY_S", default_value_t = quotas::DEFAULT_RESULT_QUEUE_EXPIRY_S)]
     result_queue_expiry_s: u64,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// How many HTTP connections the service holds, and for how long (see "Limits and
+/// timeouts" in the README).
+#[derive(Args)]
+struct HttpArgs {
+    /// The most HTTP connections served at once; further clients wait in the kernel's
+    /// listen queue until one closes. Lowered to what the open-files limit allows: the
+    /// service raises its soft limit to the hard one at start and keeps 64 descriptors
+    /// for the database, the broker and the management API (for more, raise the hard
+    /// limit: `ulimit -Hn`, or systemd's LimitNOFILE=).
+    #[arg(long, env = "GANTRY_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Seconds a client has to send a whole request head (request line and headers),
+    /// counted from connecting, or from its first byte after a pause; a connection
+    /// that is slower is closed.
+    #[arg(long, env = "GANTRY_HTTP_HEADER_TIMEOUT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_timeout_s: u64,
+    /// Seconds a kept-alive connection may sit with no request in flight, or a client
+    /// may leave its answer unread, before the service closes it.
+    #[arg(long, env = "GANTRY_HTTP_IDLE_TIMEOUT_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http_idle_timeout_s: u64,
+    /// Seconds a request body has to arrive whole, counted from the end of its head; a
+    /// slower one gets 408 and its connection is closed. Keep it long enough for
+    /// --max-body-mb over your clients' slowest link (64 MiB in 120 s is 4.5 Mbit/s).
+    #[arg(long, env = "GANTRY_HTTP_BODY_TIMEOUT_S", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http_body_timeout_s: u64,
+}
+
+impl HttpArgs {
+    fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            header_timeout: Duration::from_secs(self.http_header_timeout_s),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_s),
+            body_timeout: Duration::from_secs(self.http_body_timeout_s),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -416,6 +462,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             result_queue_expiry: limit(args.result_queue_expiry_s)
                 .map(std::time::Duration::from_secs),
         },
+        http: args.http.limits(),
     };
     start_with_limits(config, limits)
         .await?

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::consumers::{CONSUMED_QUEUES, run_consumer};
 use crate::dispatch::run_outbox;
+use crate::http_server::HttpLimits;
 use crate::routes::router;
 use crate::state::{AppState, ServiceSettings};
 
@@ -53,6 +54,8 @@ pub struct Limits {
     /// What one user may have at once (user endpoints per MEP, live task groups, tasks
     /// in flight), and how long an unused result queue lives.
     pub quotas: crate::quotas::Quotas,
+    /// Limits and timeouts of HTTP connections (see [`HttpLimits`]).
+    pub http: HttpLimits,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
         Limits {
             max_submit_expanded_bytes: 1024 * 1024 * 1024,
             quotas: crate::quotas::Quotas::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -239,19 +243,14 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
         tokio::spawn(run_outbox(state.clone(), shutdown.subscribe())),
     ));
     let app = router(state.clone());
-    let mut http_shutdown = shutdown.subscribe();
     tasks.push((
         "http",
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.changed().await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "the HTTP server failed");
-            }
-        }),
+        tokio::spawn(crate::http_server::serve(
+            listener,
+            app,
+            crate::http_server::fit_to_descriptors(limits.http),
+            shutdown.subscribe(),
+        )),
     ));
     tracing::info!(%addr, "gantry-service listening");
     Ok(RunningService {
