@@ -194,6 +194,53 @@ impl Management {
         Ok(())
     }
 
+    /// The accounts that hold permissions on `vhost`.
+    async fn accounts_on(&self, vhost: &str) -> Result<Vec<String>, BrokerError> {
+        let permissions = self
+            .get(&format!("/vhosts/{}/permissions", segment(vhost)))
+            .await?;
+        Ok(match permissions {
+            Some(serde_json::Value::Array(entries)) => entries
+                .iter()
+                .filter_map(|entry| entry.get("user")?.as_str())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Deletes the accounts in the unscoped form of Gantry versions before deployments
+    /// had ids ([`gantry_broker::layout::is_unscoped_account`]) that hold permissions on
+    /// `vhost`, which closes their connections; returns how many went. Their passwords
+    /// never changed, so whoever once saw one would keep it through any revocation.
+    pub async fn delete_unscoped_accounts(&self, vhost: &str) -> Result<usize, BrokerError> {
+        let unscoped: Vec<String> = self
+            .accounts_on(vhost)
+            .await?
+            .into_iter()
+            .filter(|user| gantry_broker::layout::is_unscoped_account(user))
+            .collect();
+        for account in &unscoped {
+            self.delete_account(account).await?;
+        }
+        Ok(unscoped.len())
+    }
+
+    /// Whether `vhost` exists and carries `deployment`'s tag (see
+    /// [`Management::claim_vhost`]): what an administrator's command checks before it
+    /// cleans up, so that a wrong `--amqp-url` is an error rather than a clean-up of
+    /// nothing that reports success.
+    pub async fn vhost_is(
+        &self,
+        vhost: &str,
+        deployment: &Deployment,
+    ) -> Result<bool, BrokerError> {
+        Ok(self
+            .get(&format!("/vhosts/{}", segment(vhost)))
+            .await?
+            .is_some_and(|v| tags_of(&v).contains(&deployment.tag())))
+    }
+
     /// Deletes a virtual host together with the endpoint and user accounts the service
     /// provisioned in it (the accounts live outside the vhost, so deleting the vhost
     /// alone would leave them behind). Operator accounts are left alone.

@@ -153,6 +153,17 @@ pub fn is_provisioned_account(name: &str) -> bool {
     })
 }
 
+/// Whether an account name is in the unscoped form of Gantry versions before
+/// deployments had ids (`gantry-ep-<uuid>`, `gantry-user-<uuid>`). Their passwords came
+/// from the master secret and the name alone, so no revocation could change them; a
+/// service deletes the ones on its virtual host when it starts.
+pub fn is_unscoped_account(name: &str) -> bool {
+    ["gantry-ep-", "gantry-user-"].iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|id| Uuid::parse_str(id).is_ok())
+    })
+}
+
 fn escape(text: &str) -> String {
     text.replace('.', "\\.")
 }
@@ -218,6 +229,11 @@ mod tests {
         assert!(!is_provisioned_account("gantry-ep-admin"));
         assert!(!is_provisioned_account("gantry-0123456789ab-ep-admin"));
         assert!(!is_provisioned_account(&format!("x-gantry-ep-{id}")));
+        assert!(is_unscoped_account(&format!("gantry-ep-{id}")));
+        assert!(is_unscoped_account(&format!("gantry-user-{id}")));
+        assert!(!is_unscoped_account(&deployment.endpoint_account(id)));
+        assert!(!is_unscoped_account(&deployment.user_account(id)));
+        assert!(!is_unscoped_account("gantry-ep-admin"));
     }
 
     #[test]

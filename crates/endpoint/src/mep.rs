@@ -42,6 +42,9 @@ pub const COMMAND_MAX_SKEW: Duration = Duration::from_secs(180);
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The longest wait between attempts to reach the service or the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the MEP waits for the service when it asks again for its credentials after
+/// the broker refused it.
+const REREGISTER_WAIT: Duration = Duration::from_secs(10);
 
 /// What a MEP needs to run.
 #[derive(Debug, Clone)]
@@ -228,10 +231,9 @@ fn check_spawn_inputs(
     check_admin_file(&config.user_environment_path)
 }
 
-async fn register(
-    client: &EndpointClient,
-    options: &MepOptions,
-) -> anyhow::Result<EndpointRegistrationResponse> {
+/// What the MEP registers with (the same every time: the same id, so the service
+/// answers with its queues and current broker credentials).
+fn registration_request(options: &MepOptions) -> EndpointRegistrationRequest {
     let config = &options.config;
     let mut metadata = Map::new();
     metadata.insert("endpoint_software".into(), json!("gantry-endpoint"));
@@ -244,7 +246,7 @@ async fn register(
                 .and_then(|h| h.into_string().ok())
         ),
     );
-    let request = EndpointRegistrationRequest {
+    EndpointRegistrationRequest {
         endpoint_name: options.dir.name.clone(),
         display_name: config.display_name.clone(),
         endpoint_id: Some(options.endpoint_id),
@@ -256,7 +258,14 @@ async fn register(
         authentication_policy: None,
         subscription_uuid: None,
         admins: (!config.admins.is_empty()).then(|| config.admins.clone()),
-    };
+    }
+}
+
+async fn register(
+    client: &EndpointClient,
+    options: &MepOptions,
+) -> anyhow::Result<EndpointRegistrationResponse> {
+    let request = registration_request(options);
     let mut backoff = Duration::from_secs(1);
     loop {
         match client.register(&request).await {
@@ -319,7 +328,7 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
     let registration = register(&client, &options).await?;
     let mep_id = registration.endpoint_id;
     options.dir.save_id(mep_id)?;
-    let command_info = registration
+    let mut command_info = registration
         .command_queue_info
         .clone()
         .context("the service registered this endpoint without a command queue")?;
@@ -377,6 +386,21 @@ pub async fn run(options: MepOptions) -> anyhow::Result<()> {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "cannot reach the broker; the running user endpoints keep running");
+                    // The broker may refuse a login whose password changed (an
+                    // administrator revoked a token, the service's secret was
+                    // rotated): ask the service again for this endpoint's queues and
+                    // credentials, briefly; if it does not answer, retry as before.
+                    if let Ok(Ok(fresh)) = tokio::time::timeout(
+                        REREGISTER_WAIT,
+                        client.register(&registration_request(&options)),
+                    )
+                    .await
+                    {
+                        if let Some(info) = fresh.command_queue_info {
+                            command_info = info;
+                        }
+                        mep.heartbeat_info = fresh.heartbeat_queue_info;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = sigterm.recv() => break 'outer,

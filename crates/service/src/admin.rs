@@ -25,6 +25,17 @@ pub enum AdminError {
     /// The database has no deployment id yet (no service ever started on it).
     #[error("the database has no deployment id yet: start gantry-service serve on it once")]
     NoDeployment,
+    /// The virtual host named is not this deployment's.
+    #[error(
+        "the RabbitMQ virtual host {vhost:?} is not this database's deployment's ({deployment}); \
+         give the --amqp-url (or GANTRY_AMQP_URL) that gantry-service serve uses"
+    )]
+    WrongVhost {
+        /// The vhost of the URL given.
+        vhost: String,
+        /// This database's deployment.
+        deployment: Deployment,
+    },
 }
 
 /// The broker side of an administrator's command: the management API, the virtual
@@ -51,6 +62,9 @@ impl BrokerCleanup {
             .await?
             .and_then(|text| Deployment::parse(&text))
             .ok_or(AdminError::NoDeployment)?;
+        if !management.vhost_is(&vhost, &deployment).await? {
+            return Err(AdminError::WrongVhost { vhost, deployment });
+        }
         Ok(BrokerCleanup {
             management,
             vhost,
@@ -58,10 +72,17 @@ impl BrokerCleanup {
         })
     }
 
-    /// Deletes the broker accounts whose passwords `revocation` changed. RabbitMQ closes
-    /// their open connections with them; the service makes them again, with the new
-    /// passwords, when a valid credential next asks.
+    /// Deletes the broker accounts whose passwords `revocation` changed, and the queues
+    /// of the endpoints it locked (their waiting tasks failed; what is left on them is
+    /// users' code and arguments that will never run). RabbitMQ closes the accounts' open
+    /// connections with them; the service makes them again, with the new passwords,
+    /// when a valid credential next asks.
     pub async fn remove_revoked(&self, revocation: &Revocation) -> Result<usize, AdminError> {
+        for endpoint in &revocation.locked {
+            for queue in [task_queue(*endpoint), command_queue(*endpoint)] {
+                self.management.delete_queue(&self.vhost, &queue).await?;
+            }
+        }
         let accounts = revocation
             .identities
             .iter()

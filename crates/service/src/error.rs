@@ -102,6 +102,7 @@ impl From<gantry_store::StoreError> for ApiError {
                 ApiError::not_found("NOT_FOUND", message)
             }
             gantry_store::StoreError::LimitReached(limit) => crate::quotas::refusal(&limit),
+            gantry_store::StoreError::Revoked(message) => ApiError::unauthorized(message),
             other => ApiError::unavailable("the database failed", other),
         }
     }

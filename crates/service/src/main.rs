@@ -126,6 +126,11 @@ struct ServeArgs {
     /// [default: ~/.gantry/broker.key]
     #[arg(long, env = "GANTRY_BROKER_KEY_FILE")]
     broker_key_file: Option<PathBuf>,
+    /// Make a new key file with a new secret although the database was set up with
+    /// another: for a key file that was lost. Every endpoint and user then gets a new
+    /// broker password (restart the endpoints). Refused when the key file exists.
+    #[arg(long)]
+    new_broker_secret: bool,
     /// The broker's address as endpoints and SDKs reach it, e.g. amqp://broker.example.org:5672
     /// [default: the host and port of --amqp-url]
     #[arg(long, env = "GANTRY_PUBLIC_AMQP_URL")]
@@ -446,10 +451,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         start_retry_after: std::time::Duration::from_secs(args.start_retry_after_s.max(1)),
         master_secret: match std::env::var("GANTRY_BROKER_SECRET") {
             Ok(value) if !value.is_empty() => MasterSecretSource::Value(value),
-            _ => MasterSecretSource::File(match args.broker_key_file {
-                Some(path) => path,
-                None => private_gantry_dir()?.join("broker.key"),
-            }),
+            _ => {
+                let path = match args.broker_key_file {
+                    Some(path) => path,
+                    None => private_gantry_dir()?.join("broker.key"),
+                };
+                if args.new_broker_secret {
+                    MasterSecretSource::NewFile(path)
+                } else {
+                    MasterSecretSource::File(path)
+                }
+            }
         },
     };
     let limit = |max: u64| (max > 0).then_some(max);

@@ -5,8 +5,15 @@
 //! can read (`~/.gantry/broker.key` by default, created 0600 whatever the umask), or in
 //! the environment (`GANTRY_BROKER_SECRET`) where a secret store injects it.
 //!
-//! Versions before this one kept the secret in the `settings` table; it is moved to the
-//! key file on the first start and removed from the database.
+//! The database keeps only a check value (an HMAC of a constant under the secret), so
+//! that a second service process on the same database that finds no key file refuses to
+//! start instead of making up a secret of its own (its endpoints' passwords would then
+//! change with every request that lands on it), while a key the administrator put in
+//! place on purpose is taken as a rotation.
+//!
+//! Versions before this one kept the secret itself in the `settings` table. That copy
+//! is dropped, not moved: every backup of the database holds it, so a fresh secret is
+//! made in its place (every broker password changes; endpoints register again).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -22,8 +29,12 @@ const MIN_LEN: usize = 32;
 /// Where the secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasterSecretSource {
-    /// A file (created with a new random secret when missing).
+    /// A file, created with a new random secret when missing and the database was not
+    /// set up with another one.
     File(PathBuf),
+    /// A new file with a new secret, though the database was set up with another: for a
+    /// key file that was lost (`--new-broker-secret`). Refused when the file exists.
+    NewFile(PathBuf),
     /// The value itself (from `GANTRY_BROKER_SECRET`).
     Value(String),
 }
@@ -62,38 +73,78 @@ pub enum MasterSecretError {
         /// Its length.
         len: usize,
     },
+    /// No key file, though the database was set up with a secret.
+    #[error(
+        "the database was set up with a broker secret, but there is no key file at {path}: \
+         copy the key file of the service that set the database up (or set \
+         GANTRY_BROKER_SECRET). If the key is lost, start once with --new-broker-secret: \
+         every endpoint and user then gets a new broker password (restart the endpoints)"
+    )]
+    Missing {
+        /// The key file looked for.
+        path: PathBuf,
+    },
+    /// `--new-broker-secret` with a key file in place.
+    #[error(
+        "--new-broker-secret makes a new key file, but {path} exists; move it away first \
+         (or start without --new-broker-secret to use it)"
+    )]
+    NewButExists {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] gantry_store::StoreError),
 }
 
-/// The secret, from `source`, moving a secret an older version kept in the database into
-/// a new key file and removing it from the database in any case.
+/// The `settings` key of the secret's check value.
+const CHECK_SETTING: &str = "broker_secret_check";
+
+/// The check value of a secret: it tells secrets apart and reveals nothing of them.
+fn check_value(secret: &str) -> String {
+    gantry_broker_accounts::credentials::account_password(secret, "gantry-broker-secret-check", "")
+}
+
+/// The secret, from `source`. Drops a secret an older version kept in the database (see
+/// the module's documentation), refuses to make up a new one for a database that was
+/// set up with another, and records the check value of the one in use.
 pub async fn load(store: &Store, source: &MasterSecretSource) -> Result<String, MasterSecretError> {
-    let legacy = store.setting(LEGACY_SETTING).await?;
+    let legacy = store.setting(LEGACY_SETTING).await?.is_some();
+    let recorded = store.setting(CHECK_SETTING).await?;
     let secret = match source {
         MasterSecretSource::Value(value) => checked(value.trim(), "GANTRY_BROKER_SECRET")?,
         MasterSecretSource::File(path) => match read_key_file(path)? {
             Some(secret) => secret,
-            None => {
-                let secret = legacy
-                    .clone()
-                    .unwrap_or_else(|| gantry_store::secret::new_secret(""));
-                create_key_file(path, &secret)?
+            None if recorded.is_some() => {
+                return Err(MasterSecretError::Missing { path: path.clone() });
             }
+            None => create_key_file(path, &gantry_store::secret::new_secret(""))?,
         },
-    };
-    if let Some(legacy) = legacy {
-        if legacy != secret {
-            tracing::warn!(
-                "the database held a broker secret other than the one configured; the \
-                 configured one is used, so endpoints get new broker passwords when they \
-                 next register"
-            );
-        } else {
-            tracing::info!("moved the broker secret out of the database");
+        MasterSecretSource::NewFile(path) => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(MasterSecretError::NewButExists { path: path.clone() });
+            }
+            create_key_file(path, &gantry_store::secret::new_secret(""))?
         }
-        store.delete_setting(LEGACY_SETTING).await?;
+    };
+    let check = check_value(&secret);
+    if recorded.as_deref() != Some(check.as_str()) {
+        if recorded.is_some() {
+            tracing::warn!(
+                "the broker secret is not the one this database was last used with: taken as \
+                 a rotation; every broker account gets a new password when it is next handed \
+                 out (restart the endpoints so that they register again)"
+            );
+        }
+        store.set_setting(CHECK_SETTING, &check).await?;
+    }
+    if legacy {
+        store.forget_setting(LEGACY_SETTING).await?;
+        tracing::warn!(
+            "dropped the broker secret an older version kept in the database (backups hold \
+             it); a new one is in use, so restart the endpoints so that they register again"
+        );
     }
     Ok(secret)
 }
@@ -116,31 +167,55 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MasterSecretError + '
 }
 
 /// The secret in `path`, or `None` when there is no such file. A file that others may
-/// read, or that another account owns, is refused rather than used.
+/// read, that another account owns, that is not a plain file (a symbolic link is not
+/// followed), or whose folder others may write to (they could swap the file between a
+/// check and the read) is refused rather than used. The checks and the read use one
+/// open descriptor.
 fn read_key_file(path: &Path) -> Result<Option<String>, MasterSecretError> {
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
+    use std::io::Read;
+    let exposed = |problem: String| MasterSecretError::Exposed {
+        path: path.to_owned(),
+        problem,
+    };
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+    {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(exposed("a symbolic link".into()));
+        }
         Err(e) => return Err(io_error(path)(e)),
     };
+    let metadata = file.metadata().map_err(io_error(path))?;
+    if !metadata.is_file() {
+        return Err(exposed("not a plain file".into()));
+    }
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(MasterSecretError::Exposed {
-            path: path.to_owned(),
-            problem: format!("readable by others (mode {mode:04o})"),
-        });
+        return Err(exposed(format!("readable by others (mode {mode:04o})")));
     }
     let euid = nix::unistd::geteuid().as_raw();
     if metadata.uid() != euid {
-        return Err(MasterSecretError::Exposed {
-            path: path.to_owned(),
-            problem: format!(
-                "owned by uid {}, not by this service's uid {euid}",
-                metadata.uid()
-            ),
-        });
+        return Err(exposed(format!(
+            "owned by uid {}, not by this service's uid {euid}",
+            metadata.uid()
+        )));
     }
-    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let folder = std::fs::metadata(parent).map_err(io_error(parent))?;
+        let sticky = folder.permissions().mode() & 0o1000 != 0;
+        if folder.permissions().mode() & 0o022 != 0 && !sticky {
+            return Err(exposed(format!(
+                "in {}, a folder others may write to",
+                parent.display()
+            )));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io_error(path))?;
     checked(text.trim(), &path.display().to_string()).map(Some)
 }
 

@@ -200,6 +200,15 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
         .claim_vhost(&vhost, &deployment)
         .await
         .context("cannot set up RabbitMQ through its management API (is the rabbitmq_management plugin enabled?)")?;
+    let unscoped = management.delete_unscoped_accounts(&vhost).await?;
+    if unscoped > 0 {
+        tracing::warn!(
+            accounts = unscoped,
+            "deleted broker accounts an older Gantry made without a deployment id (their \
+             passwords could not be revoked); restart the endpoints so that they register \
+             again and get new ones"
+        );
+    }
     crate::quotas::apply_result_queue_expiry(&management, &vhost, limits.quotas.result_queue_expiry)
         .await
         .context("cannot set the broker policy that expires unused result queues (the management account needs the administrator tag; --result-queue-expiry-s 0 sets none)")?;

@@ -155,6 +155,44 @@ async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins(backend: Bac
     let listed = admin_ok(&service, &["list-clients"]);
     assert_eq!(entry(&listed)["revoked"], true, "{listed}");
     assert_eq!(entry(&listed)["active_tokens"], 0, "{listed}");
+    // Its queue, with what waited on it, is gone too.
+    assert!(
+        !queue_exists(&service, &format!("{endpoint}.tasks")).await,
+        "the revoked endpoint's queue is left"
+    );
+    // A token minted while the revocation committed (the grant checked the client just
+    // before) is refused all the same.
+    let client_record = service.store().client(&client_id).await.unwrap().unwrap();
+    let late = service
+        .store()
+        .issue_client_token(&client_record, "funcx_service", 3_600_000)
+        .await
+        .unwrap();
+    let (status, answer) = Rest::new(&service, &late).get("/v2/endpoints").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    // And a registration that was authenticated before the revocation committed is
+    // refused where it writes.
+    let owner = client_record.client_id;
+    let refused = service
+        .store()
+        .register_endpoint(
+            Uuid::new_v4(),
+            owner,
+            &gantry_store::EndpointRegistration {
+                name: "late".into(),
+                display_name: None,
+                multi_user: false,
+                public: true,
+                high_assurance: false,
+                allowed_functions: None,
+                metadata: Default::default(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(gantry_store::StoreError::Revoked(_))),
+        "{refused:?}"
+    );
     // Again: safe, and it says the same.
     let again = admin_ok(&service, &["revoke-client", &client_id]);
     assert_eq!(again["locked_endpoints"], json!([endpoint]), "{again}");
@@ -174,6 +212,28 @@ async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins_sqlite() {
 #[tokio::test]
 async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins_postgres() {
     revoking_a_client_ends_its_secret_tokens_and_broker_logins(Backend::Postgres).await;
+}
+
+/// Whether a queue of the test's vhost exists, asked of the management API.
+async fn queue_exists(service: &TestService, queue: &str) -> bool {
+    let admin = url::Url::parse(&service.config.amqp_admin_url).unwrap();
+    let base = format!(
+        "{}://{}:{}",
+        admin.scheme(),
+        admin.host_str().unwrap(),
+        admin.port_or_known_default().unwrap()
+    );
+    let response = reqwest::Client::new()
+        .get(format!("{base}/api/queues/{}/{queue}", service.vhost))
+        .basic_auth(admin.username(), admin.password())
+        .send()
+        .await
+        .unwrap();
+    match response.status() {
+        StatusCode::OK => true,
+        StatusCode::NOT_FOUND => false,
+        other => panic!("the management API answered {other}"),
+    }
 }
 
 async fn result_url(service: &TestService, token: &str) -> String {
@@ -336,4 +396,182 @@ async fn deployments_keep_to_their_own_accounts_sqlite() {
 #[tokio::test]
 async fn deployments_keep_to_their_own_accounts_postgres() {
     deployments_keep_to_their_own_accounts(Backend::Postgres).await;
+}
+
+/// A revoked endpoint client's token could have fetched its endpoints' broker logins
+/// (a registration hands them out): those get new passwords; the real endpoint
+/// registers again with its secret and gets them.
+async fn revoking_an_endpoint_token_changes_its_endpoints_passwords(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let client = admin_ok(&service, &["add-endpoint-client", "site-t"]);
+    let (client_id, secret) = (
+        client["client_id"].as_str().unwrap().to_owned(),
+        client["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let token = |tokens: &Value| tokens["access_token"].as_str().unwrap().to_owned();
+    let stolen = token(&grant(&service, &client_id, &secret).await.1);
+    let (status, registered) = register(&service, &stolen, None).await;
+    assert_eq!(status, StatusCode::OK, "{registered}");
+    let endpoint: Uuid = registered["endpoint_id"].as_str().unwrap().parse().unwrap();
+    let url = |r: &Value| {
+        r["task_queue_info"]["connection_url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let old = url(&registered);
+    assert!(connects(&old).await);
+    let revoked = admin_ok(&service, &["revoke-token", &stolen]);
+    assert_eq!(revoked["revoked"], 1, "{revoked}");
+    assert!(
+        !connects(&old).await,
+        "the stolen token's broker login still works"
+    );
+    let fresh = token(&grant(&service, &client_id, &secret).await.1);
+    let (status, again) = register(&service, &fresh, Some(endpoint)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_ne!(url(&again), old);
+    assert!(connects(&url(&again)).await);
+
+    // A user client's tokens go with `revoke-token --user <its name>` too.
+    service.user("erin").await;
+    let user_client = admin_ok(&service, &["add-user-client", "erin"]);
+    let (status, tokens) = grant(
+        &service,
+        user_client["client_id"].as_str().unwrap(),
+        user_client["client_secret"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let erin = token(&tokens);
+    assert_eq!(result_url_status(&service, &erin).await, StatusCode::OK);
+    let revoked = admin_ok(
+        &service,
+        &[
+            "revoke-token",
+            "--user",
+            user_client["name"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(revoked["revoked"], 1, "{revoked}");
+    assert_eq!(
+        result_url_status(&service, &erin).await,
+        StatusCode::UNAUTHORIZED
+    );
+    service.stop().await;
+}
+
+async fn result_url_status(service: &TestService, token: &str) -> StatusCode {
+    Rest::new(service, token)
+        .get("/v2/get_amqp_result_connection_url")
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn revoking_an_endpoint_token_changes_its_endpoints_passwords_sqlite() {
+    revoking_an_endpoint_token_changes_its_endpoints_passwords(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn revoking_an_endpoint_token_changes_its_endpoints_passwords_postgres() {
+    revoking_an_endpoint_token_changes_its_endpoints_passwords(Backend::Postgres).await;
+}
+
+/// Accounts an older Gantry made without a deployment id had passwords no revocation
+/// could change: the service deletes the ones on its vhost when it starts. And the
+/// admin commands refuse a vhost that is not the deployment's, rather than cleaning up
+/// nothing and saying it is done.
+#[tokio::test]
+async fn unscoped_accounts_go_at_start_and_admin_checks_its_vhost() {
+    let vhost = gantry_testkit::fresh_vhost_name();
+    let management =
+        gantry_broker_accounts::management::Management::new(&gantry_testkit::amqp_admin_url())
+            .unwrap();
+    management.ensure_vhost(&vhost).await.unwrap();
+    let legacy = format!("gantry-ep-{}", Uuid::new_v4());
+    let admin_url = url::Url::parse(&gantry_testkit::amqp_admin_url()).unwrap();
+    let http = reqwest::Client::new();
+    let api = format!(
+        "http://{}:{}/api",
+        admin_url.host_str().unwrap(),
+        admin_url.port_or_known_default().unwrap()
+    );
+    let auth = (
+        admin_url.username().to_owned(),
+        admin_url.password().map(str::to_owned),
+    );
+    for (path, body) in [
+        (
+            format!("{api}/users/{legacy}"),
+            json!({"password": "old", "tags": ""}),
+        ),
+        (
+            format!("{api}/permissions/{vhost}/{legacy}"),
+            json!({"configure": "^$", "write": "^$", "read": ".*"}),
+        ),
+    ] {
+        let response = http
+            .put(path)
+            .basic_auth(&auth.0, auth.1.as_deref())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+    let url = format!(
+        "amqp://{legacy}:old@{}/{vhost}",
+        gantry_testkit::amqp_host()
+    );
+    assert!(connects(&url).await);
+    let service = TestService::start_with(Backend::Sqlite, false, |config| {
+        config.amqp_url = format!("amqp://guest:guest@{}/{vhost}", gantry_testkit::amqp_host());
+    })
+    .await;
+    assert!(!management.account_exists(&legacy).await.unwrap());
+    assert!(!connects(&url).await);
+
+    let output = Command::new(gantry_testkit::workspace_binary(
+        "gantry-service",
+        "gantry-service",
+    ))
+    .args(["admin", "revoke-token", "--user", "nobody-at-all"])
+    .env("GANTRY_DATABASE_URL", &service.config.database_url)
+    .env(
+        "GANTRY_AMQP_URL",
+        format!(
+            "amqp://guest:guest@{}/not-this-one",
+            gantry_testkit::amqp_host()
+        ),
+    )
+    .output()
+    .unwrap();
+    // The user does not exist: the store says so before the broker is asked.
+    assert!(!output.status.success());
+    service.user("frank").await;
+    let output = Command::new(gantry_testkit::workspace_binary(
+        "gantry-service",
+        "gantry-service",
+    ))
+    .args(["admin", "revoke-token", "--user", "frank"])
+    .env("GANTRY_DATABASE_URL", &service.config.database_url)
+    .env(
+        "GANTRY_AMQP_URL",
+        format!(
+            "amqp://guest:guest@{}/not-this-one",
+            gantry_testkit::amqp_host()
+        ),
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("not-this-one") && stderr.contains("--amqp-url"),
+        "{stderr}"
+    );
+    let mut service = service;
+    service.vhost = vhost;
+    service.stop().await;
 }

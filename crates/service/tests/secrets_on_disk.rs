@@ -129,7 +129,9 @@ async fn an_older_deployments_loose_files_are_made_private() {
     let _ = std::fs::remove_dir_all(home);
 }
 
-async fn a_secret_kept_in_the_database_moves_to_the_key_file(backend: Backend) {
+/// An older version kept the secret in the database, so every backup holds it: it is
+/// dropped, not moved, and a new one is made.
+async fn a_secret_kept_in_the_database_is_dropped_for_a_new_one(backend: Backend) {
     let dir = gantry_testkit::fresh_temp_dir("legacy-secret");
     let database_url = match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.join("service.db").display()),
@@ -142,31 +144,97 @@ async fn a_secret_kept_in_the_database_moves_to_the_key_file(backend: Backend) {
         .setting_or_init("broker_secret", || legacy.to_owned())
         .await
         .unwrap();
-    let key = dir.join("moved.key");
+    let key = dir.join("new.key");
     let service = TestService::start_with(backend, false, |config| {
         config.database_url = database_url.clone();
         config.master_secret = MasterSecretSource::File(key.clone());
     })
     .await;
-    assert_eq!(service.running().state.settings.broker_secret, legacy);
-    assert_eq!(std::fs::read_to_string(&key).unwrap().trim(), legacy);
+    let secret = service.running().state.settings.broker_secret.clone();
+    assert_ne!(secret, legacy);
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim(), secret);
     assert_eq!(mode(&key), 0o600);
     assert_eq!(
         service.store().setting("broker_secret").await.unwrap(),
         None
     );
     service.stop().await;
+    if backend == Backend::Sqlite {
+        // Not in a free page or the log either.
+        let mut bytes = std::fs::read(dir.join("service.db")).unwrap();
+        bytes.extend(std::fs::read(dir.join("service.db-wal")).unwrap_or_default());
+        assert!(
+            !bytes.windows(legacy.len()).any(|w| w == legacy.as_bytes()),
+            "the old secret is still in the database file"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
-async fn a_secret_kept_in_the_database_moves_to_the_key_file_sqlite() {
-    a_secret_kept_in_the_database_moves_to_the_key_file(Backend::Sqlite).await;
+async fn a_secret_kept_in_the_database_is_dropped_for_a_new_one_sqlite() {
+    a_secret_kept_in_the_database_is_dropped_for_a_new_one(Backend::Sqlite).await;
 }
 
 #[tokio::test]
-async fn a_secret_kept_in_the_database_moves_to_the_key_file_postgres() {
-    a_secret_kept_in_the_database_moves_to_the_key_file(Backend::Postgres).await;
+async fn a_secret_kept_in_the_database_is_dropped_for_a_new_one_postgres() {
+    a_secret_kept_in_the_database_is_dropped_for_a_new_one(Backend::Postgres).await;
+}
+
+/// A second service on the same database that has no key file refuses to make up a
+/// secret of its own (its passwords would differ from the first's); a lost key is
+/// replaced only when asked, and a key put in place on purpose is a rotation.
+#[tokio::test]
+async fn a_missing_key_is_not_made_up_for_a_database_that_has_one() {
+    let dir = gantry_testkit::fresh_temp_dir("missing-key");
+    let store = Store::connect(&format!("sqlite://{}", dir.join("service.db").display()))
+        .await
+        .unwrap();
+    let first = dir.join("first.key");
+    let secret =
+        gantry_service::master_secret::load(&store, &MasterSecretSource::File(first.clone()))
+            .await
+            .unwrap();
+    // The same key again: the same secret.
+    let again =
+        gantry_service::master_secret::load(&store, &MasterSecretSource::File(first.clone()))
+            .await
+            .unwrap();
+    assert_eq!(again, secret);
+    // Another host, no key file: refused, saying what to do.
+    let elsewhere = dir.join("elsewhere.key");
+    let error =
+        gantry_service::master_secret::load(&store, &MasterSecretSource::File(elsewhere.clone()))
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        error.contains("no key file") && error.contains("--new-broker-secret"),
+        "{error}"
+    );
+    assert!(!elsewhere.exists());
+    // Asked for: a new secret.
+    let replaced = gantry_service::master_secret::load(
+        &store,
+        &MasterSecretSource::NewFile(elsewhere.clone()),
+    )
+    .await
+    .unwrap();
+    assert_ne!(replaced, secret);
+    let error = gantry_service::master_secret::load(
+        &store,
+        &MasterSecretSource::NewFile(elsewhere.clone()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("exists"), "{error}");
+    // The first key put back on purpose: taken (a rotation back).
+    let back = gantry_service::master_secret::load(&store, &MasterSecretSource::File(first))
+        .await
+        .unwrap();
+    assert_eq!(back, secret);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// What start says for a key file others can read, and for a secret too short to be one.
@@ -187,6 +255,37 @@ async fn exposed_or_weak_secrets_are_refused() {
         error.contains("readable by others") && error.contains("chmod 600"),
         "{error}"
     );
+    // A symbolic link to a private file is not followed.
+    let target = dir.join("private.key");
+    std::fs::write(
+        &target,
+        "0123456789abcdef0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.join("link.key");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let error = gantry_service::master_secret::load(&store, &MasterSecretSource::File(link))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("symbolic link"), "{error}");
+    // Nor is a key in a folder others may write to.
+    let open_dir = dir.join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let swapped = open_dir.join("broker.key");
+    std::fs::write(
+        &swapped,
+        "0123456789abcdef0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&swapped, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let error = gantry_service::master_secret::load(&store, &MasterSecretSource::File(swapped))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("others may write"), "{error}");
     let error =
         gantry_service::master_secret::load(&store, &MasterSecretSource::Value("short".into()))
             .await

@@ -204,6 +204,23 @@ impl Store {
         let metadata = json_text(&registration.metadata);
         let flag = |b: bool| i64::from(b);
         let mut tx = self.begin_write().await?;
+        // A request authenticated just before its client was revoked must not register
+        // anything after: the no-op update locks the client's row (PostgreSQL; SQLite's
+        // write lock is whole-database) until the revocation, if one runs, commits.
+        sqlx::query("UPDATE endpoint_clients SET revoked_at = revoked_at WHERE client_id = $1")
+            .bind(owner.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let revoked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM endpoint_clients WHERE client_id = $1")
+                .bind(owner.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if matches!(revoked, Some(Some(_))) {
+            return Err(StoreError::Revoked(
+                "this endpoint client was revoked by the administrator".into(),
+            ));
+        }
         let existing: Option<(String, Option<String>)> = sqlx::query_as(
             "SELECT owner_identity_id, parent_endpoint_id FROM endpoints WHERE endpoint_id = $1",
         )

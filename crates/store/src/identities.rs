@@ -125,8 +125,10 @@ pub struct Revocation {
     /// Identities whose broker password changed (a user's result login).
     pub identities: Vec<Uuid>,
     /// Endpoints whose broker password changed (a client's endpoints and their user
-    /// endpoints); also locked, their unfinished tasks failed.
+    /// endpoints).
     pub endpoints: Vec<Uuid>,
+    /// Endpoints locked for good (a revoked client's): their unfinished tasks failed.
+    pub locked: Vec<Uuid>,
     /// Tasks failed because their endpoint's client was revoked (marked to be
     /// forwarded to their submitters).
     pub failed_tasks: u64,
@@ -297,9 +299,12 @@ impl Store {
             .collect()
     }
 
-    /// Revokes one token. A user's token could have fetched the user's broker login
-    /// (`get_amqp_result_connection_url`), so that login gets a new password too.
-    /// Returns `None` when no active token matches.
+    /// Revokes one token, and gives the broker logins it could have fetched new
+    /// passwords: a user's token, the user's result login
+    /// (`get_amqp_result_connection_url`); an endpoint client's, the logins of the
+    /// client's endpoints and their user endpoints (a registration hands them out; the
+    /// real endpoint registers again with its secret and gets the new ones). Returns
+    /// `None` when no active token matches.
     pub async fn revoke_token(&self, token: &str) -> StoreResult<Option<Revocation>> {
         let mut tx = self.begin_write().await?;
         let holder: Option<(String, String)> = sqlx::query_as(
@@ -322,26 +327,38 @@ impl Store {
             tokens: 1,
             ..Revocation::default()
         };
-        if IdentityKind::parse(&kind)? == IdentityKind::User {
-            let identity_id = parse_uuid(&identity_id, "identity id")?;
-            rotate_identity_salt(&mut tx, identity_id).await?;
-            revocation.identities.push(identity_id);
-        }
+        let identity_id = parse_uuid(&identity_id, "identity id")?;
+        rotate_what_a_token_revealed(
+            &mut tx,
+            identity_id,
+            IdentityKind::parse(&kind)?,
+            &mut revocation,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(revocation))
     }
 
-    /// Revokes every token of the named user or client (for a user, those its user
-    /// clients were issued too). A user's broker login gets a new password; a client's
-    /// endpoints keep theirs (revoke the client itself to end those).
+    /// Revokes every token of the named user or client: a user's own and those its user
+    /// clients were issued; a client's, including, for a user client, the tokens it was
+    /// issued to act as its user. The broker logins they could have fetched get new
+    /// passwords, as [`Store::revoke_token`] says.
     pub async fn revoke_tokens_of(&self, username: &str) -> StoreResult<Revocation> {
         let identity = self
             .identity_by_username(username)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no user or client named {username:?}")))?;
+        let acts_as = match identity.kind {
+            IdentityKind::Client => self
+                .client(&identity.identity_id.to_string())
+                .await?
+                .and_then(|client| client.acts_as),
+            IdentityKind::User => None,
+        };
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE identity_id = $2 AND revoked_at IS NULL",
+            "UPDATE tokens SET revoked_at = $1 \
+             WHERE (identity_id = $2 OR client_id = $2) AND revoked_at IS NULL",
         )
         .bind(now_ms())
         .bind(identity.identity_id.to_string())
@@ -351,9 +368,21 @@ impl Store {
             tokens: done.rows_affected(),
             ..Revocation::default()
         };
-        if identity.kind == IdentityKind::User {
-            rotate_identity_salt(&mut tx, identity.identity_id).await?;
-            revocation.identities.push(identity.identity_id);
+        match acts_as {
+            // A user client's tokens stood for its user.
+            Some(user) => {
+                rotate_what_a_token_revealed(&mut tx, user, IdentityKind::User, &mut revocation)
+                    .await?
+            }
+            None => {
+                rotate_what_a_token_revealed(
+                    &mut tx,
+                    identity.identity_id,
+                    identity.kind,
+                    &mut revocation,
+                )
+                .await?
+            }
         }
         tx.commit().await?;
         Ok(revocation)
@@ -367,7 +396,10 @@ impl Store {
                t.kind AS token_kind, \
                t.scope FROM tokens t JOIN identities i ON i.identity_id = t.identity_id \
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL \
-               AND (t.expires_at IS NULL OR t.expires_at > $2)",
+               AND (t.expires_at IS NULL OR t.expires_at > $2) \
+               AND NOT EXISTS (SELECT 1 FROM endpoint_clients c \
+                 WHERE c.revoked_at IS NOT NULL \
+                   AND (c.client_id = t.client_id OR c.client_id = t.identity_id))",
         )
         .bind(hash_secret(token))
         .bind(now_ms())
@@ -580,15 +612,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let endpoints: Vec<String> = sqlx::query_scalar(
-            "SELECT endpoint_id FROM endpoints WHERE owner_identity_id = $1 \
-               AND parent_endpoint_id IS NULL \
-             UNION SELECT c.endpoint_id FROM endpoints c JOIN endpoints p \
-               ON c.parent_endpoint_id = p.endpoint_id WHERE p.owner_identity_id = $1",
-        )
-        .bind(&id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let endpoints = endpoints_of_client(&mut tx, client.client_id).await?;
         let mut revocation = Revocation {
             tokens,
             ..Revocation::default()
@@ -597,13 +621,12 @@ impl Store {
             "the endpoint's client {} was revoked by the administrator before the task ran",
             client.name
         );
-        for endpoint in &endpoints {
+        for endpoint in endpoints {
             sqlx::query("UPDATE endpoints SET locked = 1, broker_salt = $1 WHERE endpoint_id = $2")
                 .bind(new_salt())
-                .bind(endpoint)
+                .bind(endpoint.to_string())
                 .execute(&mut *tx)
                 .await?;
-            let endpoint = parse_uuid(endpoint, "endpoint id")?;
             revocation.failed_tasks += crate::tasks::fail_endpoint_tasks(
                 &mut *tx,
                 endpoint,
@@ -613,6 +636,7 @@ impl Store {
             .await?
             .len() as u64;
             revocation.endpoints.push(endpoint);
+            revocation.locked.push(endpoint);
         }
         if let Some(user) = client.acts_as {
             rotate_identity_salt(&mut tx, user).await?;
@@ -625,6 +649,50 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("client {id} vanished")))?;
         Ok((client, revocation))
     }
+}
+
+/// Gives new broker passwords to what a token of `identity` could have fetched: a user's
+/// result login, or an endpoint client's endpoints and their user endpoints.
+async fn rotate_what_a_token_revealed(
+    conn: &mut sqlx::AnyConnection,
+    identity: Uuid,
+    kind: IdentityKind,
+    revocation: &mut Revocation,
+) -> StoreResult<()> {
+    match kind {
+        IdentityKind::User => {
+            rotate_identity_salt(&mut *conn, identity).await?;
+            revocation.identities.push(identity);
+        }
+        IdentityKind::Client => {
+            for endpoint in endpoints_of_client(&mut *conn, identity).await? {
+                sqlx::query("UPDATE endpoints SET broker_salt = $1 WHERE endpoint_id = $2")
+                    .bind(new_salt())
+                    .bind(endpoint.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                revocation.endpoints.push(endpoint);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The endpoints a client registered, and their user endpoints.
+async fn endpoints_of_client(
+    conn: &mut sqlx::AnyConnection,
+    client: Uuid,
+) -> StoreResult<Vec<Uuid>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT endpoint_id FROM endpoints WHERE owner_identity_id = $1 \
+           AND parent_endpoint_id IS NULL \
+         UNION SELECT c.endpoint_id FROM endpoints c JOIN endpoints p \
+           ON c.parent_endpoint_id = p.endpoint_id WHERE p.owner_identity_id = $1",
+    )
+    .bind(client.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    ids.iter().map(|id| parse_uuid(id, "endpoint id")).collect()
 }
 
 /// Gives an identity's broker account a new password (see `broker_salt`).

@@ -61,6 +61,9 @@ pub enum StoreError {
     /// The write would pass one of the user's limits; nothing was written.
     #[error("limit reached: {0}")]
     LimitReached(LimitReached),
+    /// The credentials behind the request were revoked (perhaps while it ran).
+    #[error("{0}")]
+    Revoked(String),
 }
 
 /// Result alias for store operations.
@@ -156,12 +159,35 @@ impl Store {
         )
     }
 
-    /// Removes a setting; a missing one is not an error.
-    pub async fn delete_setting(&self, key: &str) -> StoreResult<()> {
+    /// Sets a setting, replacing its value.
+    pub async fn set_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = $2",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a setting so that its value is gone from the file too: SQLite leaves a
+    /// deleted row's bytes in free pages and the write-ahead log until they are reused,
+    /// so the file is rebuilt (`VACUUM`) and the log emptied. For a value that must not
+    /// outlive its deletion (an old secret); slow on a large database, so rare.
+    /// PostgreSQL's dead rows go with its own vacuuming.
+    pub async fn forget_setting(&self, key: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM settings WHERE key = $1")
             .bind(key)
             .execute(&self.pool)
             .await?;
+        if self.is_sqlite {
+            sqlx::query("VACUUM").execute(&self.pool).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
