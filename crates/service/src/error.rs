@@ -1,6 +1,7 @@
 //! Every error a route returns: a status and a JSON body with a stable `code`, a
 //! `message` that says what went wrong and what to do, and the same text as `reason`.
-//! Internal failures are logged in full and reported without internals.
+//! Internal failures are reported without internals and logged in full exactly once,
+//! when the response is made (the HTTP trace layer logs no failures of its own).
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -15,6 +16,8 @@ pub struct ApiError {
     message: String,
     /// Seconds after which trying again may succeed (`Retry-After`).
     retry_after: Option<u64>,
+    /// For a failure of the service's own (5xx): what failed, for the log only.
+    cause: Option<String>,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -65,14 +69,16 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, code, message)
     }
 
-    /// 503: a dependency (database, broker) is failing; logged with the cause.
+    /// 503: a dependency (database, broker) is failing. The cause is logged (once,
+    /// with the response), never sent.
     pub fn unavailable(context: &str, cause: impl std::fmt::Display) -> ApiError {
-        tracing::error!(%cause, "{context}");
-        ApiError::new(
+        let mut error = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "SERVICE_UNAVAILABLE",
             format!("{context}; the service logged the cause. Try again shortly."),
-        )
+        );
+        error.cause = Some(cause.to_string());
+        error
     }
 
     /// The status.
@@ -83,6 +89,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(
+                status = self.status.as_u16(),
+                code = self.code,
+                cause = self.cause.as_deref().unwrap_or("-"),
+                "{}",
+                self.message
+            );
+        }
         let body = ErrorBody::new(self.status.as_u16(), self.code, self.message);
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {

@@ -226,3 +226,32 @@ async fn results_without_a_queue_leave_no_payload_in_the_log_sqlite() {
 async fn results_without_a_queue_leave_no_payload_in_the_log_postgres() {
     results_without_a_queue_leave_no_payload_in_the_log(Backend::Postgres).await;
 }
+
+/// A request that fails on a dependency (the broker's vhost is gone) is logged once,
+/// with its cause: not once more by the HTTP trace layer without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_logged_once() {
+    let log = captured_log();
+    let service = TestService::start(Backend::Sqlite, false).await;
+    let (_, token) = service.user("grace@example.org").await;
+    gantry_broker_accounts::management::Management::new(&gantry_testkit::amqp_admin_url())
+        .unwrap()
+        .delete_vhost(&service.vhost)
+        .await
+        .unwrap();
+    let before = log.text().len();
+    let (status, body) = Rest::new(&service, &token)
+        .get("/v2/get_amqp_result_connection_url")
+        .await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let text = log.text()[before..].to_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            line.contains("ERROR") && line.contains("/v2/get_amqp_result_connection_url")
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("vhost_or_user_not_found"), "{}", lines[0]);
+    service.stop().await;
+}

@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(fallback)
         .layer(axum::middleware::from_fn(crate::error::json_error_bodies))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Failures are logged once, by `ApiError` with their cause; the trace layer's
+        // own failure line would repeat each without it.
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }
