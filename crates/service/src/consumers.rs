@@ -4,7 +4,6 @@
 //! so a crash means a redelivery, never a lost result.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures_lite::StreamExt;
 use gantry_broker::lapin::message::Delivery;
@@ -122,10 +121,13 @@ pub async fn run_consumer(
                     return;
                 }
             }
-            Err(error) => tracing::warn!(%error, queue, "cannot consume; retrying in 2 s"),
+            Err(error) => tracing::warn!(
+                %error, queue, retry_in_s = crate::timings::CONSUMER_RETRY.as_secs(),
+                "cannot consume; retrying"
+            ),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(crate::timings::CONSUMER_RETRY) => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -186,7 +188,7 @@ async fn handle_and_settle(
     delivery: Delivery,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), gantry_broker::lapin::Error> {
-    let mut pause = Duration::from_secs(1);
+    let mut pause = crate::timings::DELIVERY_RETRY_FIRST;
     let mut attempts = 0;
     loop {
         let outcome = match queue {
@@ -211,7 +213,7 @@ async fn handle_and_settle(
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
-                pause = (pause * 2).min(Duration::from_secs(30));
+                pause = (pause * 2).min(crate::timings::DELIVERY_RETRY_MAX);
             }
             Outcome::Ack | Outcome::Retry => {
                 return delivery
@@ -446,7 +448,10 @@ fn unreadable(error: &UnpackError) -> String {
 }
 
 /// Empties the task queue of a (non-multi-user) endpoint; a MEP has none.
-async fn purge_task_queue(state: &AppState, endpoint_id: Uuid) -> anyhow::Result<()> {
+async fn purge_task_queue(
+    state: &AppState,
+    endpoint_id: Uuid,
+) -> Result<(), crate::dispatch::DispatchError> {
     let Some(endpoint) = state.store.endpoint(endpoint_id).await? else {
         return Ok(());
     };

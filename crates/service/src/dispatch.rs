@@ -4,7 +4,7 @@
 //! forgotten, so a broker outage or a crash delays tasks but never loses them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_broker::Outgoing;
 use gantry_broker::amqp::headers;
@@ -57,6 +57,17 @@ impl FunctionCodes {
     }
 }
 
+/// Why tasks could not be settled now; the outbox tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] gantry_store::StoreError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] gantry_broker::BrokerError),
+}
+
 /// Publishes stored tasks whose messages are still in the outbox, then clears them.
 /// Endpoint by endpoint, each under its gate, and only the tasks still unsent once the
 /// gate is held: a failed start may have failed some meanwhile, and those must not
@@ -68,7 +79,7 @@ pub async fn publish_tasks(
     state: &AppState,
     tasks: &[TaskRecord],
     codes: &mut FunctionCodes,
-) -> anyhow::Result<usize> {
+) -> Result<usize, DispatchError> {
     let mut by_endpoint: BTreeMap<Uuid, Vec<&TaskRecord>> = BTreeMap::new();
     for task in tasks.iter().filter(|t| t.task_buffer.is_some()) {
         by_endpoint.entry(task.endpoint_id).or_default().push(task);
@@ -82,7 +93,7 @@ pub async fn publish_tasks(
         let unsent: HashSet<Uuid> = match state.store.still_unsent(&ids).await {
             Ok(unsent) => unsent.into_iter().collect(),
             Err(error) => {
-                first_error.get_or_insert(anyhow::Error::from(error));
+                first_error.get_or_insert(DispatchError::from(error));
                 continue;
             }
         };
@@ -117,7 +128,7 @@ async fn publish_endpoint_tasks(
     endpoint_id: Uuid,
     tasks: &[&TaskRecord],
     codes: &mut FunctionCodes,
-) -> anyhow::Result<usize> {
+) -> Result<usize, DispatchError> {
     let mut settled = 0;
     let mut rest = tasks;
     while !rest.is_empty() {
@@ -220,10 +231,10 @@ async fn settle_published(
     endpoint_id: Uuid,
     sent: Vec<Uuid>,
     outcomes: Vec<Result<(), gantry_broker::BrokerError>>,
-) -> anyhow::Result<usize> {
+) -> Result<usize, DispatchError> {
     let mut confirmed = Vec::with_capacity(sent.len());
     let mut unroutable = Vec::new();
-    let mut first_error: Option<anyhow::Error> = None;
+    let mut first_error: Option<DispatchError> = None;
     for (task_id, outcome) in sent.into_iter().zip(outcomes) {
         match outcome {
             Ok(()) => confirmed.push(task_id),
@@ -268,7 +279,7 @@ async fn settle_unroutable(
     state: &AppState,
     endpoint_id: uuid::Uuid,
     task_ids: &[uuid::Uuid],
-) -> anyhow::Result<usize> {
+) -> Result<usize, DispatchError> {
     if let Some(endpoint) = state.store.endpoint(endpoint_id).await? {
         tracing::warn!(%endpoint_id, tasks = task_ids.len(), "the endpoint's task queue is gone; declaring it again");
         state
@@ -385,11 +396,11 @@ pub async fn forward_result(
 
 /// How old an unsent task must be before the outbox sends it: younger ones are still
 /// being published by the submit that stored them.
-const OUTBOX_GRACE_MS: i64 = 15_000;
+const OUTBOX_GRACE_MS: i64 = crate::timings::OUTBOX_GRACE.as_millis() as i64;
 
-/// How long one outbox pass waits for the broker's confirms (it holds endpoint gates
-/// meanwhile, which a failed start's purge waits for).
-const OUTBOX_PUBLISH_WAIT: Duration = Duration::from_secs(30);
+// How long one outbox pass waits for the broker's confirms (it holds endpoint gates
+// meanwhile, which a failed start's purge waits for).
+use crate::timings::OUTBOX_PUBLISH_WAIT;
 
 /// The most unsent tasks the outbox reads and sends in one pass.
 const OUTBOX_BATCH: usize = 500;
@@ -450,7 +461,7 @@ pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Recei
             Err(error) => tracing::warn!(%error, "outbox: cannot read unsent tasks"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(crate::timings::OUTBOX_PERIOD) => {}
             _ = shutdown.changed() => return,
         }
     }

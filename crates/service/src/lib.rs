@@ -24,4 +24,5 @@ pub mod quotas;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod timings;
 pub mod uep_start;

@@ -5,8 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
-use gantry_broker::SharedBroker;
+use gantry_broker::{BrokerError, SharedBroker};
 use gantry_broker_accounts::management::Management;
 use gantry_store::Store;
 use tokio::sync::watch;
@@ -78,9 +77,6 @@ pub struct RunningService {
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
-/// How long `stop` waits for each part to finish before it gives up on it.
-const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 impl RunningService {
     /// `http://addr`.
     pub fn url(&self) -> String {
@@ -88,19 +84,21 @@ impl RunningService {
     }
 
     /// Stops serving and waits for the consumers, the outbox and the server to finish
-    /// what they have in hand (at most [`STOP_WAIT`] each; a part that takes longer is
-    /// named in the log and aborted: what it had not settled, the broker redelivers or
-    /// the outbox sends after the next start).
+    /// what they have in hand, all within one deadline
+    /// ([`crate::timings::STOP_DEADLINE`]); a part still running then is named in the
+    /// log and aborted: what it had not settled, the broker redelivers or the outbox
+    /// sends after the next start.
     pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + crate::timings::STOP_DEADLINE;
         let _ = self.shutdown.send(true);
         for (name, mut task) in self.tasks {
-            if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 tracing::error!(part = name, "did not stop in time; aborting it");
                 task.abort();
             }
         }
         self.state.shared_broker.close().await;
-        if tokio::time::timeout(STOP_WAIT, self.state.store.pool().close())
+        if tokio::time::timeout_at(deadline, self.state.store.pool().close())
             .await
             .is_err()
         {
@@ -131,10 +129,57 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Why the service could not start. The message never shows a password of the
+/// configured URLs, whoever wrote it: the caller prints it, and the service's output is
+/// its log.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
+/// What failed while starting, before the configured passwords are scrubbed from its
+/// message.
+#[derive(Debug, thiserror::Error)]
+enum StartFailure {
+    /// A setting is malformed.
+    #[error("{0}")]
+    Setting(String),
+    /// The database could not be opened.
+    #[error("cannot open the database {url}: {source}")]
+    Database {
+        url: String,
+        #[source]
+        source: gantry_store::StoreError,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] gantry_store::StoreError),
+    /// The broker master secret could not be had.
+    #[error(transparent)]
+    Secret(#[from] crate::master_secret::MasterSecretError),
+    /// A step on the broker failed.
+    #[error("{doing}: {source}")]
+    Broker {
+        doing: &'static str,
+        #[source]
+        source: BrokerError,
+    },
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn on_broker(doing: &'static str) -> impl FnOnce(BrokerError) -> StartFailure {
+    move |source| StartFailure::Broker { doing, source }
+}
+
 /// The vhost named by an AMQP URL's path (`/` when absent).
-pub fn vhost_of(amqp_url: &str) -> anyhow::Result<String> {
+pub fn vhost_of(amqp_url: &str) -> Result<String, StartError> {
     let parsed = url::Url::parse(amqp_url)
-        .with_context(|| format!("bad --amqp-url {:?}", redact_url(amqp_url)))?;
+        .map_err(|e| StartError(format!("bad --amqp-url {:?}: {e}", redact_url(amqp_url))))?;
     let path = parsed.path().trim_start_matches('/');
     Ok(if path.is_empty() {
         "/".to_owned()
@@ -146,15 +191,18 @@ pub fn vhost_of(amqp_url: &str) -> anyhow::Result<String> {
     })
 }
 
-fn public_amqp(config: &ServeConfig) -> anyhow::Result<(String, String)> {
+fn public_amqp(config: &ServeConfig) -> Result<(String, String), StartFailure> {
     let source = config
         .public_amqp_url
         .as_deref()
         .unwrap_or(&config.amqp_url);
-    let parsed = url::Url::parse(source)
-        .with_context(|| format!("bad AMQP URL {:?}", redact_url(source)))?;
+    let parsed = url::Url::parse(source).map_err(|e| {
+        StartFailure::Setting(format!("bad AMQP URL {:?}: {e}", redact_url(source)))
+    })?;
     let scheme = parsed.scheme().to_owned();
-    let host = parsed.host_str().context("the AMQP URL has no host")?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| StartFailure::Setting("the AMQP URL has no host".into()))?;
     let port = parsed
         .port()
         .unwrap_or(if scheme == "amqps" { 5671 } else { 5672 });
@@ -164,7 +212,7 @@ fn public_amqp(config: &ServeConfig) -> anyhow::Result<(String, String)> {
 /// Connects everything and starts serving; returns once the listener is bound. An
 /// error never shows a password of the configured URLs (the caller prints it, and the
 /// service's output is its log), whoever wrote the message.
-pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
+pub async fn start(config: ServeConfig) -> Result<RunningService, StartError> {
     start_with_limits(config, Limits::default()).await
 }
 
@@ -172,7 +220,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningService> {
 pub async fn start_with_limits(
     config: ServeConfig,
     limits: Limits,
-) -> anyhow::Result<RunningService> {
+) -> Result<RunningService, StartError> {
     let urls = [
         config.database_url.clone(),
         config.amqp_url.clone(),
@@ -180,27 +228,33 @@ pub async fn start_with_limits(
     ];
     start_configured(config, limits)
         .await
-        .map_err(|error| anyhow::anyhow!("{}", scrub(format!("{error:#}"), &urls)))
+        .map_err(|error| StartError(scrub(error.to_string(), &urls)))
 }
 
-async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result<RunningService> {
+async fn start_configured(
+    config: ServeConfig,
+    limits: Limits,
+) -> Result<RunningService, StartFailure> {
     let store = Store::connect(&config.database_url)
         .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {}",
-                redact_url(&config.database_url)
-            )
+        .map_err(|source| StartFailure::Database {
+            url: redact_url(&config.database_url),
+            source,
         })?;
     let broker_secret = crate::master_secret::load(&store, &config.master_secret).await?;
     let deployment = deployment_of(&store).await?;
-    let vhost = vhost_of(&config.amqp_url)?;
-    let management = Management::new(&config.amqp_admin_url)?;
-    management
-        .claim_vhost(&vhost, &deployment)
+    let vhost = vhost_of(&config.amqp_url).map_err(|e| StartFailure::Setting(e.0))?;
+    let management = Management::new(&config.amqp_admin_url)
+        .map_err(on_broker("the RabbitMQ management URL"))?;
+    management.claim_vhost(&vhost, &deployment).await.map_err(on_broker(
+        "cannot set up RabbitMQ through its management API (is the rabbitmq_management plugin enabled?)",
+    ))?;
+    let unscoped = management
+        .delete_unscoped_accounts(&vhost)
         .await
-        .context("cannot set up RabbitMQ through its management API (is the rabbitmq_management plugin enabled?)")?;
-    let unscoped = management.delete_unscoped_accounts(&vhost).await?;
+        .map_err(on_broker(
+            "cannot remove the broker accounts of an older version",
+        ))?;
     if unscoped > 0 {
         tracing::warn!(
             accounts = unscoped,
@@ -211,8 +265,10 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
     }
     crate::quotas::apply_result_queue_expiry(&management, &vhost, limits.quotas.result_queue_expiry)
         .await
-        .context("cannot set the broker policy that expires unused result queues (the management account needs the administrator tag; --result-queue-expiry-s 0 sets none)")?;
-    let shared_broker = SharedBroker::connect(&config.amqp_url).await?;
+        .map_err(on_broker("cannot set the broker policy that expires unused result queues (the management account needs the administrator tag; --result-queue-expiry-s 0 sets none)"))?;
+    let shared_broker = SharedBroker::connect(&config.amqp_url)
+        .await
+        .map_err(on_broker("cannot connect to RabbitMQ"))?;
     let (public_amqp_scheme, public_amqp_authority) = public_amqp(&config)?;
     let state = AppState {
         store,
@@ -235,10 +291,14 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
         endpoint_gates: Arc::new(Mutex::new(Default::default())),
     };
 
+    let listen = |source| StartFailure::Listen {
+        addr: config.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(listen)?;
+    let addr = listener.local_addr().map_err(listen)?;
     let (shutdown, _) = watch::channel(false);
     let mut tasks = Vec::new();
     for queue in CONSUMED_QUEUES {
@@ -272,14 +332,16 @@ async fn start_configured(config: ServeConfig, limits: Limits) -> anyhow::Result
 
 /// This database's deployment id, made at random the first time (see
 /// [`gantry_broker::layout::Deployment`]).
-pub async fn deployment_of(store: &Store) -> anyhow::Result<gantry_broker::layout::Deployment> {
+async fn deployment_of(store: &Store) -> Result<gantry_broker::layout::Deployment, StartFailure> {
     let text = store
         .setting_or_init("deployment_id", || {
             gantry_store::secret::new_salt()[..12].to_owned()
         })
         .await?;
     gantry_broker::layout::Deployment::parse(&text).ok_or_else(|| {
-        anyhow::anyhow!("the database's deployment_id setting {text:?} is not 12 hex digits")
+        StartFailure::Setting(format!(
+            "the database's deployment_id setting {text:?} is not 12 hex digits"
+        ))
     })
 }
 

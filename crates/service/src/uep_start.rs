@@ -9,7 +9,7 @@
 //! the three never pile commands up; a UEP that reports a stop or a failed start has
 //! its throttle cleared, so the next request goes out at once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_broker::lapin::BasicProperties;
 use gantry_broker::layout::command_queue;
@@ -24,12 +24,13 @@ use crate::queues::provision_uep;
 use crate::state::AppState;
 
 /// The shortest time between two start commands for the same UEP (ms): a burst of
-/// submits to a UEP that is starting sends one command, not one each.
-pub const START_COMMAND_GAP_MS: i64 = 5_000;
+/// submits to a UEP that is starting sends one command, not one each
+/// ([`crate::timings::START_COMMAND_GAP`]).
+pub const START_COMMAND_GAP_MS: i64 = crate::timings::START_COMMAND_GAP.as_millis() as i64;
 
-/// How long a start command may wait for the broker's confirm. A command that does not
-/// go out in time is sent again by the outbox once the retry delay has passed.
-const COMMAND_PUBLISH_WAIT: Duration = Duration::from_secs(10);
+// How long a start command may wait for the broker's confirm. A command that does not
+// go out in time is sent again by the outbox once the retry delay has passed.
+use crate::timings::COMMAND_PUBLISH_WAIT;
 
 /// Why a start request could not be made.
 #[derive(Debug, thiserror::Error)]

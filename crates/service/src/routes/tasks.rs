@@ -30,7 +30,7 @@ use crate::uep_start;
 const MAX_TASKS_PER_SUBMIT: usize = 10_000;
 /// How long a submit waits for the broker to confirm its tasks before leaving them to
 /// the outbox (which waits longer than this before it sends).
-const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const PUBLISH_WAIT: std::time::Duration = crate::timings::SUBMIT_PUBLISH_WAIT;
 
 /// `POST /v3/endpoints/{id}/submit`.
 pub async fn submit(
