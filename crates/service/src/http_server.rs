@@ -1,19 +1,26 @@
 //! The HTTP server: an accept loop over hyper that serves the API's axum `Router` with
 //! the limits a service open to the network needs, so that clients which connect and
-//! then send nothing, half a request, or half a body cannot hold the service's
-//! descriptors for ever.
+//! then send nothing, half a request or half a body, sit idle, or read their answers
+//! slowly cannot hold the service's connections for ever.
 //!
-//! - **A cap on connections** ([`HttpLimits::max_connections`]): at the cap the loop stops
-//!   accepting until a connection closes, and further clients wait in the kernel's listen
-//!   queue. [`fit_to_descriptors`] raises the open-files limit and lowers the cap to what
-//!   it allows, keeping [`RESERVED_DESCRIPTORS`] for everything else.
+//! - **A cap on connections** ([`HttpLimits::max_connections`]): at the cap the loop
+//!   accepts one more client and holds it, unserved, while it makes room: it closes the
+//!   connection idle the longest (no request in flight), or waits for one to close or
+//!   go idle. Further clients wait in the kernel's listen queue. Idle keep-alive
+//!   connections therefore never keep a new client out, however many there are: each
+//!   is cheap for its client to open again, and HTTP clients retry a request sent on a
+//!   connection that the server closed while it was idle. [`fit_to_descriptors`] raises
+//!   the open-files limit and lowers the cap to what it allows, keeping
+//!   [`RESERVED_DESCRIPTORS`] for everything else (the held client among them).
 //! - **Timeouts per connection**, each counted from a fixed moment, so that a client
 //!   trickling bytes gains nothing: the request head must arrive within
 //!   [`HttpLimits::header_timeout`] of the connection (or of its first byte after a
 //!   pause); a connection with no request in flight, or whose client leaves its answer
 //!   unread, is closed after [`HttpLimits::idle_timeout`]; a request body must arrive
 //!   within [`HttpLimits::body_timeout`] of its head, else the answer is 408 and the
-//!   connection is closed.
+//!   connection is closed; and an answer must be taken whole within
+//!   [`HttpLimits::answer_timeout`] of its being ready, else the connection is closed
+//!   mid-answer.
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS, ...) pause the loop briefly, with
 //!   backoff, and are logged once per burst; they never stop the server.
 //! - **Graceful shutdown**: on the stop signal the loop stops accepting, idle
@@ -24,8 +31,8 @@ use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
@@ -48,9 +55,10 @@ use crate::error::ApiError;
 /// (`gantry-service serve --max-connections`, `--http-*-timeout-s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// The most connections served at once; more clients wait in the kernel's listen
-    /// queue until one closes, instead of taking descriptors the database and the
-    /// broker need (1024 by default).
+    /// The most connections served at once (1024 by default), so that clients cannot
+    /// take the descriptors the database and the broker need. At the cap, one more
+    /// client is held while the connection idle the longest is closed to make room for
+    /// it; further clients wait in the kernel's listen queue.
     pub max_connections: usize,
     /// How long a client has to send a whole request head, from connecting or from its
     /// first byte after a pause (10 s by default): a client that sends nothing, or a
@@ -63,6 +71,13 @@ pub struct HttpLimits {
     /// default, so that a 64 MiB body needs about 4.5 Mbit/s); a slower one is answered
     /// 408 and its connection closed.
     pub body_timeout: Duration,
+    /// How long the client has to take one whole answer, from the moment it is ready
+    /// (300 s by default, so that a 10 MiB result needs about 280 kbit/s); a client
+    /// still reading it then is disconnected mid-answer. An overall deadline rather
+    /// than a minimum rate: bytes the kernels buffer would count as progress, and a
+    /// reader that takes a byte now and then would hold its connection for as long as
+    /// the answer's size allows.
+    pub answer_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -72,6 +87,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(120),
+            answer_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -150,19 +166,15 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
+    let open = OpenConnections::default();
     let mut connections = JoinSet::new();
     let mut failures = AcceptFailures::default();
     loop {
         while let Some(ended) = connections.try_join_next() {
             log_ended(ended);
         }
-        let slot = tokio::select! {
-            () = stop_requested(&mut shutdown) => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_closed) => break, // never: the semaphore is not closed
-            },
-        };
+        // At the cap the loop accepts all the same, and then makes room for the client.
+        let free = slots.clone().try_acquire_owned().ok();
         let accepted = tokio::select! {
             () = stop_requested(&mut shutdown) => break,
             accepted = listener.accept() => accepted,
@@ -170,10 +182,21 @@ pub async fn serve(
         match accepted {
             Ok((stream, _peer)) => {
                 failures.succeeded();
+                let slot = match free {
+                    Some(slot) => slot,
+                    None => tokio::select! {
+                        () = stop_requested(&mut shutdown) => break,
+                        slot = make_room(&slots, &open) => match slot {
+                            Some(slot) => slot,
+                            None => break, // never: the semaphore is not closed
+                        },
+                    },
+                };
                 connections.spawn(serve_connection(
                     stream,
                     app.clone(),
                     limits,
+                    open.add(),
                     slot,
                     shutdown.clone(),
                 ));
@@ -183,7 +206,7 @@ pub async fn serve(
                 tracing::debug!(%error, "a connection failed before it was accepted");
             }
             Err(error) => {
-                drop(slot);
+                drop(free);
                 let pause = failures.failed(&error);
                 tokio::select! {
                     () = stop_requested(&mut shutdown) => break,
@@ -196,6 +219,69 @@ pub async fn serve(
     while let Some(ended) = connections.join_next().await {
         log_ended(ended);
     }
+}
+
+/// A slot for a client accepted at the cap: closes the connection idle the longest,
+/// and again each time one goes idle, until a slot is free. `None` only if the
+/// semaphore were closed, which it never is.
+async fn make_room(slots: &Arc<Semaphore>, open: &OpenConnections) -> Option<OwnedSemaphorePermit> {
+    loop {
+        // Listening before looking, so that a connection going idle in between is seen.
+        let became_idle = open.became_idle.notified();
+        tokio::pin!(became_idle);
+        became_idle.as_mut().enable();
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        open.close_longest_idle();
+        tokio::select! {
+            slot = slots.clone().acquire_owned() => return slot.ok(),
+            () = became_idle => {}
+        }
+    }
+}
+
+/// The open connections' [`Activity`], for [`make_room`] to find the one idle the
+/// longest; and the signal that one went idle.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    activities: Mutex<Vec<Weak<Activity>>>,
+    /// Notified (waiters only) when a connection's last request in flight ends.
+    became_idle: Arc<Notify>,
+}
+
+impl OpenConnections {
+    /// The activity of a new connection, listed. Ended connections are dropped from the
+    /// list whenever it is full, before it grows: the list stays within about twice the
+    /// connections open, at a cost per connection that does not grow with them.
+    fn add(&self) -> Arc<Activity> {
+        let activity = Arc::new(Activity::new(self.became_idle.clone()));
+        let mut activities = lock(&self.activities);
+        if activities.len() == activities.capacity() {
+            activities.retain(|listed| listed.strong_count() > 0);
+        }
+        activities.push(Arc::downgrade(&activity));
+        activity
+    }
+
+    /// Asks the connection idle the longest, if any, to close.
+    fn close_longest_idle(&self) {
+        let activities = lock(&self.activities);
+        let longest = activities
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|activity| Some((activity.idle_since()?, activity)))
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, activity)) = longest {
+            activity.ask_to_close();
+        }
+    }
+}
+
+/// Locks `mutex`, whose data stays consistent even if a holder panicked (every change
+/// under these locks is a single assignment).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Resolves once `shutdown` is true or its sender is gone.
@@ -260,17 +346,17 @@ impl AcceptFailures {
     }
 }
 
-/// Serves one connection until it ends, times out, or (after the stop signal) has
-/// answered what it had in hand. `_slot` is its place under the cap, given back when
-/// it ends.
+/// Serves one connection until it ends, times out, or (after the stop signal, or when
+/// asked to make room) has answered what it had in hand. `_slot` is its place under the
+/// cap, given back when it ends.
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
     limits: HttpLimits,
+    activity: Arc<Activity>,
     _slot: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
@@ -287,8 +373,13 @@ async fn serve_connection(
         .header_read_timeout(None)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    let mut stopping = false;
+    let mut closing = false;
     loop {
+        if !closing && activity.asked_to_close() {
+            tracing::debug!("closing an idle HTTP connection to make room for a new client");
+            closing = true;
+            connection.as_mut().graceful_shutdown();
+        }
         let deadline = activity.deadline(&limits);
         tokio::select! {
             served = connection.as_mut() => {
@@ -304,8 +395,8 @@ async fn serve_connection(
                     return;
                 }
             }
-            () = stop_requested(&mut shutdown), if !stopping => {
-                stopping = true;
+            () = stop_requested(&mut shutdown), if !closing => {
+                closing = true;
                 connection.as_mut().graceful_shutdown();
             }
         }
@@ -350,6 +441,7 @@ async fn answer(
     };
     Ok(response.map(|body| Tracked {
         body,
+        rest: Bytes::new(),
         _in_flight: in_flight,
     }))
 }
@@ -423,10 +515,21 @@ impl HttpBody for DeadlineBody {
 }
 
 /// A response body that marks its request finished when hyper drops it (written, or
-/// the connection gone).
+/// the connection gone), handing hyper its data in pieces of at most [`Self::PIECE`].
+/// Hyper queues each piece whole, takes the next only when its buffer has room, and
+/// drops the body after the last: in pieces, the answer stays in flight (and under
+/// [`HttpLimits::answer_timeout`]) until all but a few hundred KiB of it have gone to
+/// the socket, where a one-piece answer (a JSON document) would be done at once.
 struct Tracked {
     body: Body,
+    /// What is left of the data frame last taken from `body`.
+    rest: Bytes,
     _in_flight: InFlight,
+}
+
+impl Tracked {
+    /// The largest piece handed to hyper at once.
+    const PIECE: usize = 64 * 1024;
 }
 
 impl HttpBody for Tracked {
@@ -437,15 +540,33 @@ impl HttpBody for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+                ended_or_failed => return Poll::Ready(ended_or_failed),
+            }
+        }
+        let piece = this.rest.split_to(this.rest.len().min(Self::PIECE));
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let rest = self.rest.len() as u64;
+        let body = self.body.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(body.lower().saturating_add(rest));
+        if let Some(upper) = body.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -457,8 +578,9 @@ enum Phase {
     Head { since: Instant },
     /// A request's handler runs (its body bounded by the body timeout).
     Handling,
-    /// The answer is being written; the client last took some of it at `progress`.
-    Answering { progress: Instant },
+    /// The answer has been handed to the socket since `since` (see [`Tracked`]); the
+    /// client last took some of it at `progress`.
+    Answering { since: Instant, progress: Instant },
     /// No request in flight since `since`.
     Idle { since: Instant },
 }
@@ -469,49 +591,78 @@ impl Phase {
         match self {
             Phase::Head { since } => Some(since + limits.header_timeout),
             Phase::Handling => None,
-            Phase::Answering { progress } => Some(progress + limits.idle_timeout),
+            Phase::Answering { since, progress } => {
+                Some((progress + limits.idle_timeout).min(since + limits.answer_timeout))
+            }
             Phase::Idle { since } => Some(since + limits.idle_timeout),
         }
     }
 }
 
 /// A connection's [`Phase`], moved on by its socket ([`Watched`]) and its requests
-/// ([`InFlight`]); `changed` wakes the connection's task to take the new deadline.
+/// ([`InFlight`]); `changed` wakes the connection's task to take the new deadline, or
+/// to close when asked to make room; `became_idle` tells the accept loop
+/// ([`OpenConnections`]).
 #[derive(Debug)]
 struct Activity {
     state: Mutex<ActivityState>,
     changed: Notify,
+    became_idle: Arc<Notify>,
 }
 
 #[derive(Debug)]
 struct ActivityState {
     phase: Phase,
     in_flight: usize,
+    /// Set by [`Activity::ask_to_close`].
+    asked_to_close: bool,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(became_idle: Arc<Notify>) -> Activity {
         Activity {
             state: Mutex::new(ActivityState {
                 phase: Phase::Head {
                     since: Instant::now(),
                 },
                 in_flight: 0,
+                asked_to_close: false,
             }),
             changed: Notify::new(),
+            became_idle,
         }
     }
 
     fn update(&self, change: impl FnOnce(&mut ActivityState) -> bool) {
-        let changed = change(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        let changed = change(&mut lock(&self.state));
         if changed {
             self.changed.notify_one();
         }
     }
 
     fn deadline(&self, limits: &HttpLimits) -> Option<Instant> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.phase.deadline(limits)
+        lock(&self.state).phase.deadline(limits)
+    }
+
+    /// Since when the connection has had no request in flight, if it has none.
+    fn idle_since(&self) -> Option<Instant> {
+        match lock(&self.state).phase {
+            Phase::Idle { since } => Some(since),
+            _ => None,
+        }
+    }
+
+    /// Asks the connection to close, to make room for a new client: at once if it is
+    /// still idle, else after the request that has just begun.
+    fn ask_to_close(&self) {
+        self.update(|state| {
+            state.asked_to_close = true;
+            true
+        });
+    }
+
+    fn asked_to_close(&self) -> bool {
+        lock(&self.state).asked_to_close
     }
 
     /// Bytes arrived: after an idle pause, they begin the next request head.
@@ -531,7 +682,7 @@ impl Activity {
     /// task need not wake).
     fn wrote(&self) {
         self.update(|state| {
-            if let Phase::Answering { progress } = &mut state.phase {
+            if let Phase::Answering { progress, .. } = &mut state.phase {
                 *progress = Instant::now();
             }
             false
@@ -555,8 +706,10 @@ impl InFlight {
     /// The handler has answered; the answer is being written.
     fn answering(&self) {
         self.0.update(|state| {
+            let now = Instant::now();
             state.phase = Phase::Answering {
-                progress: Instant::now(),
+                since: now,
+                progress: now,
             };
             true
         });
@@ -565,15 +718,20 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let mut idle = false;
         self.0.update(|state| {
             state.in_flight = state.in_flight.saturating_sub(1);
             if state.in_flight == 0 {
                 state.phase = Phase::Idle {
                     since: Instant::now(),
                 };
+                idle = true;
             }
             true
         });
+        if idle {
+            self.0.became_idle.notify_waiters();
+        }
     }
 }
 
@@ -659,14 +817,29 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(120),
+            answer_timeout: Duration::from_secs(300),
         };
         let t = Instant::now();
         let s = Duration::from_secs;
         assert_eq!(Phase::Head { since: t }.deadline(&limits), Some(t + s(10)));
         assert_eq!(Phase::Handling.deadline(&limits), None);
         assert_eq!(
-            Phase::Answering { progress: t }.deadline(&limits),
-            Some(t + s(60))
+            Phase::Answering {
+                since: t,
+                progress: t
+            }
+            .deadline(&limits),
+            Some(t + s(60)),
+            "a client that takes nothing is closed after the idle timeout"
+        );
+        assert_eq!(
+            Phase::Answering {
+                since: t,
+                progress: t + s(290)
+            }
+            .deadline(&limits),
+            Some(t + s(300)),
+            "one that keeps taking a little is closed after the answer timeout"
         );
         assert_eq!(Phase::Idle { since: t }.deadline(&limits), Some(t + s(60)));
     }
@@ -674,7 +847,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_moves_through_its_phases() {
         let limits = HttpLimits::default();
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Arc::default()));
         let started = activity.deadline(&limits).unwrap();
         // Bytes of the first head do not move its deadline (a trickle gains nothing).
         activity.read();
@@ -694,6 +867,28 @@ mod tests {
         activity.read();
         let head = activity.deadline(&limits).unwrap();
         assert!(head < idle, "the header timeout is the shorter one");
+    }
+
+    #[tokio::test]
+    async fn room_is_made_by_the_connection_idle_the_longest() {
+        let open = OpenConnections::default();
+        let (listed_first, idle_longest, busy) = (open.add(), open.add(), open.add());
+        drop(InFlight::start(idle_longest.clone()));
+        // So that the two went idle at different instants, whatever the clock's grain.
+        std::thread::sleep(Duration::from_millis(1));
+        drop(InFlight::start(listed_first.clone()));
+        let _request = InFlight::start(busy.clone());
+        open.close_longest_idle();
+        assert!(idle_longest.asked_to_close());
+        assert!(!listed_first.asked_to_close());
+        assert!(!busy.asked_to_close(), "a connection in use is never asked");
+        for _ in 0..100 {
+            drop(open.add());
+        }
+        assert!(
+            lock(&open.activities).len() <= 8,
+            "ended connections are dropped from the list"
+        );
     }
 
     #[test]

@@ -178,11 +178,13 @@ struct ServeArgs {
 /// timeouts" in the README).
 #[derive(Args)]
 struct HttpArgs {
-    /// The most HTTP connections served at once; further clients wait in the kernel's
-    /// listen queue until one closes. Lowered to what the open-files limit allows: the
-    /// service raises its soft limit to the hard one at start and keeps 64 descriptors
-    /// for the database, the broker and the management API (for more, raise the hard
-    /// limit: `ulimit -Hn`, or systemd's LimitNOFILE=).
+    /// The most HTTP connections served at once. At the cap the service takes one more
+    /// client and makes room for it by closing the connection idle the longest (HTTP
+    /// clients open it again); further clients wait in the kernel's listen queue.
+    /// Lowered to what the open-files limit allows: the service raises its soft limit
+    /// to the hard one at start and keeps 64 descriptors for the database, the broker
+    /// and the management API (for more, raise the hard limit: `ulimit -Hn`, or
+    /// systemd's LimitNOFILE=).
     #[arg(long, env = "GANTRY_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
@@ -203,6 +205,13 @@ struct HttpArgs {
     #[arg(long, env = "GANTRY_HTTP_BODY_TIMEOUT_S", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..))]
     http_body_timeout_s: u64,
+    /// Seconds a client has to take one whole answer, counted from when it is ready; a
+    /// client still reading then is disconnected mid-answer (a slow reader cannot hold
+    /// its connection for ever). Keep it long enough for your largest results over your
+    /// clients' slowest link (10 MiB in 300 s is 280 kbit/s).
+    #[arg(long, env = "GANTRY_HTTP_ANSWER_TIMEOUT_S", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http_answer_timeout_s: u64,
 }
 
 impl HttpArgs {
@@ -212,6 +221,7 @@ impl HttpArgs {
             header_timeout: Duration::from_secs(self.http_header_timeout_s),
             idle_timeout: Duration::from_secs(self.http_idle_timeout_s),
             body_timeout: Duration::from_secs(self.http_body_timeout_s),
+            answer_timeout: Duration::from_secs(self.http_answer_timeout_s),
         }
     }
 }

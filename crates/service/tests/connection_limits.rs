@@ -1,7 +1,8 @@
 //! Connections that hold the service without using it: a client that sends nothing, half
 //! a request head or half a body, or keeps an idle connection, is disconnected after its
 //! timeout; past `max_connections` clients wait in the kernel's queue rather than take
-//! more descriptors; and a service short of descriptors keeps answering. Raw sockets
+//! more descriptors, yet idle connections cannot keep them out; a client that stops
+//! reading its answer is cut off; and a service short of descriptors keeps answering. Raw sockets
 //! against the real service (in this process, or the `gantry-service` binary with a low
 //! `RLIMIT_NOFILE`), the real broker and both databases.
 //!
@@ -38,6 +39,7 @@ fn limits(max_connections: usize, shorten: impl FnOnce(&mut HttpLimits)) -> Limi
         header_timeout: 2 * HANG_LIMIT,
         idle_timeout: 2 * HANG_LIMIT,
         body_timeout: 2 * HANG_LIMIT,
+        answer_timeout: 2 * HANG_LIMIT,
     };
     shorten(&mut http);
     Limits {
@@ -237,9 +239,10 @@ fn accept_queue(port: u16) -> u64 {
         .sum()
 }
 
-/// (5) More silent connections than `max_connections` (1): the service takes one at a
-/// time, the others wait in the kernel's accept queue, and an authenticated request
-/// behind them is answered once header timeouts have freed the way.
+/// (5) More silent connections than `max_connections` (1): the service serves one at a
+/// time (and holds one more, for which no idle connection can make room), the others
+/// wait in the kernel's accept queue, and an authenticated request behind them is
+/// answered once header timeouts have freed the way.
 async fn past_the_cap_clients_wait_and_are_answered(backend: Backend) {
     // Long enough for the look at the accept queue below to fall inside it.
     let limits = limits(1, |http| http.header_timeout = 3 * SHORT);
@@ -247,11 +250,12 @@ async fn past_the_cap_clients_wait_and_are_answered(backend: Backend) {
     let (_, token) = service.user("alice@example.org").await;
     let port = service.running().addr.port();
     let mut silent = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         silent.push(connect(&service).await);
     }
-    // The first is taken at once and closed after its header timeout; only then is the
-    // second taken, while the third still waits (uncapped, all three were taken at once).
+    // The first is served at once and the second held; once the first is closed after
+    // its header timeout, the second is served and the third held, while the fourth
+    // still waits (uncapped, all four were taken at once).
     read_until_closed(&mut silent[0]).await;
     assert!(
         accept_queue(port) > 0,
@@ -265,6 +269,124 @@ async fn past_the_cap_clients_wait_and_are_answered(backend: Backend) {
     for stream in &mut silent[1..] {
         read_until_closed(stream).await;
     }
+    service.stop().await;
+}
+
+/// (8) The cap reached by kept-alive connections that were each answered once and are
+/// now idle (as clients that send a request now and then, under the idle timeout, keep
+/// them): a new client is answered at once, long before the idle timeout, because the
+/// connection idle the longest is closed to make room for it.
+async fn idle_connections_make_room_for_a_new_client(backend: Backend) {
+    const CAP: usize = 4;
+    let service = start(backend, limits(CAP, |_| {})).await;
+    let (_, token) = service.user("alice@example.org").await;
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = connect(&service).await;
+        // No token: a 401, with no work for the database.
+        stream
+            .write_all(b"GET /v2/endpoints HTTP/1.1\r\nHost: gantry\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, body) = read_response(&mut stream).await;
+        assert_eq!(status, 401, "{body}");
+        idle.push(stream);
+    }
+    let rest = Rest::new(&service, &token);
+    let (status, body) = tokio::time::timeout(HANG_LIMIT, rest.get("/v2/endpoints"))
+        .await
+        .expect("a new client is answered while idle connections fill the cap");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = read_until_closed(&mut idle[0]).await;
+    assert!(
+        sent.is_empty(),
+        "the connection idle the longest was closed, not answered: {}",
+        String::from_utf8_lossy(&sent)
+    );
+    service.stop().await;
+}
+
+/// The state of the service's side of the connection from `client_port` to its
+/// `service_port`, as /proc/net/tcp gives it (1: established), or `None` once it is gone.
+fn service_side_state(service_port: u16, client_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{service_port:04X}");
+    let remote = format!(":{client_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ours = fields.get(1)?.ends_with(&local) && fields.get(2)?.ends_with(&remote);
+        ours.then(|| u8::from_str_radix(fields.get(3)?, 16).ok())?
+    })
+}
+
+/// (9) A client that asks for a large answer, takes its first bytes and then stops
+/// reading: the service closes the connection once the answer timeout has passed, with
+/// the idle timeout still far off, and the client gets less than the whole answer.
+async fn a_client_that_stops_reading_is_cut_off(backend: Backend) {
+    // Larger than what the kernels hold for the connection (the client's receive buffer
+    // is made small below; the service's send buffer grows to 4 MiB at most).
+    const LARGE: usize = 16 * 1024 * 1024;
+    let service = start(backend, limits(16, |http| http.answer_timeout = SHORT)).await;
+    let (alice, token) = service.user("alice@example.org").await;
+    let function_id = Uuid::new_v4();
+    service
+        .store()
+        .insert_function(&gantry_store::NewFunction {
+            function_id,
+            owner_identity_id: alice,
+            function_name: "large".to_owned(),
+            function_code: "x".repeat(LARGE),
+            description: None,
+            public: false,
+            group_id: None,
+            meta: serde_json::Map::new(),
+        })
+        .await
+        .unwrap();
+    // Taken at once, the answer arrives whole.
+    let path = format!("/v2/functions/{function_id}");
+    let (status, whole) = Rest::new(&service, &token).get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(whole["function_code"].as_str().map(str::len), Some(LARGE));
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(service.running().addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: gantry\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    tokio::time::timeout(HANG_LIMIT, stream.read_exact(&mut status))
+        .await
+        .expect("the service answers")
+        .unwrap();
+    assert_eq!(
+        &status,
+        b"HTTP/1.1 200",
+        "{}",
+        String::from_utf8_lossy(&status)
+    );
+
+    // Read no more; the service's side must close (or start to) by itself.
+    let service_port = service.running().addr.port();
+    let client_port = stream.local_addr().unwrap().port();
+    let closed = tokio::time::timeout(HANG_LIMIT, async {
+        while service_side_state(service_port, client_port) == Some(1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the service kept a connection whose client stopped reading open for {HANG_LIMIT:?}"
+    );
+    // What the kernels held still arrives, then the end.
+    let rest = read_until_closed(&mut stream).await;
+    assert!(
+        status.len() + rest.len() < LARGE,
+        "the whole answer arrived ({} bytes)",
+        status.len() + rest.len()
+    );
     service.stop().await;
 }
 
@@ -417,6 +539,8 @@ per_backend!(half_a_body_gets_408_and_nothing_is_stored);
 per_backend!(an_idle_keep_alive_connection_is_closed);
 per_backend!(past_the_cap_clients_wait_and_are_answered);
 per_backend!(a_service_short_of_descriptors_keeps_answering);
+per_backend!(idle_connections_make_room_for_a_new_client);
+per_backend!(a_client_that_stops_reading_is_cut_off);
 
 /// Set by [`accept_errors_back_off_and_serving_resumes`] for its child process.
 const ACCEPT_CHILD: &str = "GANTRY_TEST_ACCEPT_CHILD";
