@@ -3,7 +3,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use gantry_store::{IdentityKind, Principal, TokenKind};
+use gantry_store::{Principal, TokenKind};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -18,31 +18,7 @@ impl Caller {
         self.0.identity.identity_id
     }
 
-    /// Refuses callers that are not endpoint clients: only a client the admin created
-    /// (`gantry-service admin add-endpoint-client`) registers endpoints and receives
-    /// broker credentials for them.
-    pub fn require_client(&self) -> Result<(), ApiError> {
-        match self.0.identity.kind {
-            IdentityKind::Client => Ok(()),
-            IdentityKind::User => Err(ApiError::forbidden(
-                "CLIENT_TOKEN_REQUIRED",
-                "endpoints register with an endpoint client's credentials \
-                 (GLOBUS_COMPUTE_CLIENT_ID/SECRET from 'gantry-service admin \
-                 add-endpoint-client'), not with a user's token",
-            )),
-        }
-    }
-
-    /// Refuses callers that are not users (endpoint clients cannot submit tasks).
-    pub fn require_user(&self) -> Result<(), ApiError> {
-        match self.0.identity.kind {
-            IdentityKind::User => Ok(()),
-            IdentityKind::Client => Err(ApiError::forbidden(
-                "USER_TOKEN_REQUIRED",
-                "this route is for users; endpoint client tokens cannot use it",
-            )),
-        }
-    }
+    // What a caller may do is decided in `crate::access`.
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.

@@ -21,24 +21,8 @@ use crate::extract::{ApiJson, parse_id};
 use crate::queues::provision_endpoint;
 use crate::state::AppState;
 
-/// Whether the caller may submit to (and read the state of) an endpoint: its owner, the
-/// user a UEP runs for, anyone for a multi-user endpoint (the MEP's identity mapping
-/// decides who gets a UEP), and anyone for a public endpoint.
-pub fn can_use_endpoint(caller: &Caller, endpoint: &EndpointRecord) -> bool {
-    let me = caller.identity_id();
-    endpoint.owner_identity_id == me
-        || endpoint
-            .uep
-            .as_ref()
-            .is_some_and(|u| u.user_identity_id == me)
-        || endpoint.multi_user
-        || endpoint.public
-}
-
-/// Whether the caller may change or delete an endpoint: only the client that registered it.
-fn can_manage_endpoint(caller: &Caller, endpoint: &EndpointRecord) -> bool {
-    endpoint.uep.is_none() && endpoint.owner_identity_id == caller.identity_id()
-}
+use crate::access::can_manage_endpoint;
+pub use crate::access::can_use_endpoint;
 
 fn not_found(endpoint_id: Uuid) -> ApiError {
     ApiError::not_found(

@@ -91,7 +91,7 @@ pub async fn get_function(
         .store
         .function(function_id)
         .await?
-        .filter(|f| f.public || f.owner_identity_id == caller.identity_id())
+        .filter(|f| crate::access::can_use_function(&caller, f))
         .ok_or_else(|| {
             ApiError::not_found(
                 "FUNCTION_NOT_FOUND",
