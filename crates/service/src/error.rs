@@ -102,6 +102,9 @@ impl From<gantry_store::StoreError> for ApiError {
                 ApiError::not_found("NOT_FOUND", message)
             }
             gantry_store::StoreError::LimitReached(limit) => crate::quotas::refusal(&limit),
+            gantry_store::StoreError::EndpointLocked(endpoint_id) => {
+                crate::routes::tasks::endpoint_locked(endpoint_id)
+            }
             other => ApiError::unavailable("the database failed", other),
         }
     }

@@ -56,6 +56,10 @@ pub struct AppState {
     /// again with its new password); this saves the management API calls on every
     /// submit.
     pub provisioned: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Task groups whose result queue a submit could not declare after it stored the
+    /// tasks (owner, group): the outbox declares them again
+    /// ([`crate::dispatch::declare_result_queues_again`]).
+    pub undeclared_result_queues: Arc<Mutex<HashSet<(Uuid, Uuid)>>>,
     /// One gate per endpoint, held while its tasks are published and while a failed
     /// start purges and fails them, so that no task is both reported failed and left
     /// on its queue to run later. (One entry per endpoint that received tasks since

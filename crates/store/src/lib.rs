@@ -61,6 +61,10 @@ pub enum StoreError {
     /// The write would pass one of the user's limits; nothing was written.
     #[error("limit reached: {0}")]
     LimitReached(LimitReached),
+    /// The endpoint is locked (by its owner, or by a revocation of its client) and
+    /// takes no new tasks; nothing was written.
+    #[error("endpoint {0} is locked and takes no new tasks")]
+    EndpointLocked(Uuid),
 }
 
 /// Result alias for store operations.
