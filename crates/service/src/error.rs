@@ -110,6 +110,22 @@ impl From<gantry_store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::accounts::ProvisionError> for ApiError {
+    fn from(error: crate::accounts::ProvisionError) -> ApiError {
+        match error {
+            crate::accounts::ProvisionError::Broker(error) => error.into(),
+            crate::accounts::ProvisionError::Store(error) => error.into(),
+            revoked @ crate::accounts::ProvisionError::Revoked { .. } => ApiError::conflict(
+                "CREDENTIALS_CHANGED",
+                format!(
+                    "{revoked}, so this request set up nothing; try again (a revoked \
+                     credential is refused, a valid one gets the new broker password)"
+                ),
+            ),
+        }
+    }
+}
+
 impl From<gantry_broker::BrokerError> for ApiError {
     fn from(error: gantry_broker::BrokerError) -> ApiError {
         ApiError::unavailable("the message broker failed", error)

@@ -10,6 +10,7 @@
 //!
 //! The binary `gantry-service` is a thin CLI over [`server::start`] and the store.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod consumers;

@@ -294,6 +294,26 @@ impl Store {
         Ok(uep)
     }
 
+    /// The salt of an endpoint's broker password as it stands now, or `None` when the
+    /// endpoint should have no broker account at all: it was deleted, or the client
+    /// that registered it (the MEP's, for a user endpoint) was revoked. What the
+    /// service reads again right after it set an endpoint's account up, to find out
+    /// whether a revocation or deletion overtook it (see `gantry-service`'s
+    /// `accounts`). A lock alone does not count: an endpoint its owner locked takes no
+    /// new tasks but may still connect, to finish the ones it has.
+    pub async fn endpoint_account_salt(&self, endpoint_id: Uuid) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT e.broker_salt FROM endpoints e \
+               LEFT JOIN endpoints p ON p.endpoint_id = e.parent_endpoint_id \
+               LEFT JOIN endpoint_clients c \
+                 ON c.client_id = COALESCE(p.owner_identity_id, e.owner_identity_id) \
+             WHERE e.endpoint_id = $1 AND c.revoked_at IS NULL",
+        )
+        .bind(endpoint_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// User endpoints with an unfinished task submitted before `cutoff` (ms) and no
     /// start request since then: candidates for asking their MEP again (the first
     /// command was lost, the MEP dropped it, or the UEP died, its running tasks back on

@@ -672,3 +672,53 @@ async fn a_refused_submit_writes_nothing_sqlite() {
 async fn a_refused_submit_writes_nothing_postgres() {
     a_refused_submit_writes_nothing(gantry_testkit::fresh_postgres_database().await).await;
 }
+
+/// The salt an endpoint's broker account should have now: none once the endpoint is
+/// deleted or the client that registered it (the MEP's, for a user endpoint) revoked.
+async fn endpoint_account_salts_end_with_their_client(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (client, _) = store.add_endpoint_client("site").await.unwrap();
+    let (alice, _) = store.add_user("alice").await.unwrap();
+    let mep_id = Uuid::new_v4();
+    let mep = store
+        .register_endpoint(mep_id, client.client_id, &registration(true))
+        .await
+        .unwrap();
+    let uep_id = Uuid::new_v4();
+    let uep = store
+        .ensure_uep(
+            uep_id,
+            &UepBinding {
+                mep_id,
+                user_identity_id: alice.identity_id,
+                user_config: Map::new(),
+                user_runtime: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    let salt = |id: Uuid| {
+        let store = store.clone();
+        async move { store.endpoint_account_salt(id).await.unwrap() }
+    };
+    assert_eq!(salt(mep_id).await, Some(mep.broker_salt));
+    assert_eq!(salt(uep_id).await, Some(uep.broker_salt));
+    assert_eq!(salt(Uuid::new_v4()).await, None);
+    // A lock alone keeps the account: the endpoint may finish its tasks.
+    store.lock_endpoint(mep_id).await.unwrap();
+    assert!(salt(mep_id).await.is_some());
+    store.revoke_client("site").await.unwrap();
+    assert_eq!(salt(mep_id).await, None);
+    assert_eq!(salt(uep_id).await, None);
+}
+
+#[tokio::test]
+async fn endpoint_account_salts_end_with_their_client_sqlite() {
+    endpoint_account_salts_end_with_their_client(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn endpoint_account_salts_end_with_their_client_postgres() {
+    endpoint_account_salts_end_with_their_client(gantry_testkit::fresh_postgres_database().await)
+        .await;
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gantry_broker::layout::{task_group_queue, user_permissions, user_queue_prefix};
+use gantry_broker::layout::{task_group_queue, user_queue_prefix};
 use gantry_protocol::packed::unpack_buffers;
 use gantry_protocol::rest::{
     AmqpResultUrlResponse, BatchStatusRequest, BatchStatusResponse, SubmitRequest, SubmitResponse,
@@ -16,6 +16,7 @@ use gantry_store::{EndpointRecord, NewSubmit, NewTask, TaskRecord, UepBinding};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::accounts::AccountHolder;
 use crate::auth::Caller;
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
@@ -589,11 +590,12 @@ pub async fn amqp_result_url(
     caller: Caller,
 ) -> ApiResult<Json<AmqpResultUrlResponse>> {
     caller.require_user()?;
-    let account = state.settings.deployment.user_account(caller.identity_id());
+    let holder = AccountHolder::User(caller.identity_id());
+    // The salt read with the token: if a revocation changed it since, this fails
+    // rather than set up (and hand out) the old password.
     let salt = &caller.0.identity.broker_salt;
-    state
-        .provision_account(&account, salt, &user_permissions(caller.identity_id()))
-        .await?;
+    state.provision_account(holder, salt).await?;
+    let account = holder.account(&state.settings.deployment);
     Ok(Json(AmqpResultUrlResponse {
         connection_url: state.client_amqp_url(&account, salt),
         queue_prefix: user_queue_prefix(caller.identity_id()),
