@@ -405,10 +405,53 @@ use crate::timings::OUTBOX_PUBLISH_WAIT;
 /// The most unsent tasks the outbox reads and sends in one pass.
 const OUTBOX_BATCH: usize = 500;
 
+/// Declares the result queues that submits could not declare after they stored their
+/// tasks ([`AppState::undeclared_result_queues`]); those that fail again stay for the
+/// next pass.
+pub async fn declare_result_queues_again(state: &AppState) {
+    let pending: Vec<(Uuid, Uuid)> = state
+        .undeclared_result_queues
+        .lock()
+        .expect("the set is never poisoned: no code panics holding it")
+        .iter()
+        .copied()
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let broker = match state.broker().await {
+        Ok(broker) => broker,
+        Err(error) => {
+            tracing::warn!(%error, groups = pending.len(), "outbox: result queues wait for the broker");
+            return;
+        }
+    };
+    for (owner, task_group_id) in pending {
+        match broker
+            .declare_queue(&task_group_queue(owner, task_group_id))
+            .await
+        {
+            Ok(()) => {
+                state
+                    .undeclared_result_queues
+                    .lock()
+                    .expect("the set is never poisoned: no code panics holding it")
+                    .remove(&(owner, task_group_id));
+                tracing::info!(%task_group_id, "outbox: declared a task group's result queue");
+            }
+            Err(error) => {
+                tracing::warn!(%error, %task_group_id, "outbox: cannot declare a result queue yet");
+                return;
+            }
+        }
+    }
+}
+
 /// Re-sends the outbox every few seconds until the service stops: tasks stored while
 /// the broker was away, or before a crash, reach their endpoints once it is back, and
 /// failures the service decided reach their submitters. Each pass also prunes expired
-/// tokens and asks MEPs again to start UEPs whose tasks wait.
+/// tokens, declares result queues that submits could not, and asks MEPs again to
+/// start UEPs whose tasks wait.
 pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *shutdown.borrow() {
@@ -428,6 +471,7 @@ pub async fn run_outbox(state: AppState, mut shutdown: tokio::sync::watch::Recei
             Ok(pruned) => tracing::debug!(pruned, "outbox: pruned expired tokens"),
             Err(error) => tracing::warn!(%error, "outbox: cannot prune expired tokens"),
         }
+        declare_result_queues_again(&state).await;
         if let Err(error) = crate::uep_start::resend_start_commands(&state).await {
             tracing::warn!(%error, "outbox: cannot ask MEPs again to start waiting UEPs");
         }

@@ -118,7 +118,26 @@ impl From<gantry_store::StoreError> for ApiError {
             }
             gantry_store::StoreError::LimitReached(limit) => crate::quotas::refusal(&limit),
             gantry_store::StoreError::Revoked(message) => ApiError::unauthorized(message),
+            gantry_store::StoreError::EndpointLocked(endpoint_id) => {
+                crate::routes::tasks::endpoint_locked(endpoint_id)
+            }
             other => ApiError::unavailable("the database failed", other),
+        }
+    }
+}
+
+impl From<crate::accounts::ProvisionError> for ApiError {
+    fn from(error: crate::accounts::ProvisionError) -> ApiError {
+        match error {
+            crate::accounts::ProvisionError::Broker(error) => error.into(),
+            crate::accounts::ProvisionError::Store(error) => error.into(),
+            revoked @ crate::accounts::ProvisionError::Revoked { .. } => ApiError::conflict(
+                "CREDENTIALS_CHANGED",
+                format!(
+                    "{revoked}, so this request set up nothing; try again (a revoked \
+                     credential is refused, a valid one gets the new broker password)"
+                ),
+            ),
         }
     }
 }

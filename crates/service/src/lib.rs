@@ -11,6 +11,7 @@
 //! The binary `gantry-service` is a thin CLI over [`server::start`] and the store.
 
 pub mod access;
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod consumers;

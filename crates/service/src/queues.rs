@@ -2,10 +2,9 @@
 //! those answers. Every answer carries a connection URL for the endpoint's own account,
 //! which [`gantry_broker::layout`] limits to that endpoint's queues and routing keys.
 
-use gantry_broker::BrokerError;
 use gantry_broker::layout::{
     HEARTBEATS_EXCHANGE, HEARTBEATS_QUEUE, RESULTS_EXCHANGE, RESULTS_QUEUE, command_queue,
-    endpoint_permissions, heartbeat_routing_key, result_routing_key, task_queue,
+    heartbeat_routing_key, result_routing_key, task_queue,
 };
 use gantry_protocol::command::AmqpCreds;
 use gantry_protocol::rest::{EndpointRegistrationResponse, QueueInfo, QueuePublishKwargs};
@@ -13,6 +12,7 @@ use gantry_store::EndpointRecord;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::accounts::{AccountHolder, ProvisionError};
 use crate::state::AppState;
 
 fn publish_info(url: &str, exchange: &str, queue: &str, routing_key: String) -> QueueInfo {
@@ -57,25 +57,26 @@ pub fn task_info(url: &str, ep: Uuid) -> QueueInfo {
     }
 }
 
-/// Declares an endpoint's queue, provisions its account, and describes both.
+/// Declares an endpoint's queue, provisions its account (with the salt of `endpoint`,
+/// as the caller read it: see [`crate::accounts`]), and describes both.
 pub async fn provision_endpoint(
     state: &AppState,
     endpoint: &EndpointRecord,
-) -> Result<EndpointRegistrationResponse, BrokerError> {
+) -> Result<EndpointRegistrationResponse, ProvisionError> {
     let (ep, multi_user) = (endpoint.endpoint_id, endpoint.multi_user);
     state
         .broker()
         .await?
         .declare_endpoint_queue(ep, multi_user)
         .await?;
-    let account = state.settings.deployment.endpoint_account(ep);
+    let holder = AccountHolder::Endpoint {
+        endpoint_id: ep,
+        multi_user,
+    };
     state
-        .provision_account(
-            &account,
-            &endpoint.broker_salt,
-            &endpoint_permissions(ep, multi_user),
-        )
+        .provision_account(holder, &endpoint.broker_salt)
         .await?;
+    let account = holder.account(&state.settings.deployment);
     let url = state.client_amqp_url(&account, &endpoint.broker_salt);
     Ok(if multi_user {
         EndpointRegistrationResponse {
@@ -105,7 +106,7 @@ pub async fn provision_endpoint(
 pub async fn provision_uep(
     state: &AppState,
     uep_record: &EndpointRecord,
-) -> Result<AmqpCreds, BrokerError> {
+) -> Result<AmqpCreds, ProvisionError> {
     let uep = uep_record.endpoint_id;
     let registration = provision_endpoint(state, uep_record).await?;
     let url = registration.heartbeat_queue_info.connection_url.clone();

@@ -5,11 +5,13 @@
 //! where waiting helps; it is refused before anything is created (no user endpoint, no
 //! broker account, no queue, no start command, no task).
 //!
-//! Each count is checked twice: here, before the submit creates anything, and again in
-//! the store's write transaction, with the user's row locked, where the tasks or the
-//! user endpoint are written. So concurrent submits of one user never pass a limit
-//! together; the only cost of such a race is that the submit refused in the store may
-//! have declared its result queue already, which then expires unused.
+//! Each count is checked twice: here, without a lock, and again in the store's write
+//! transaction, with the user's row locked, where the tasks and a new user endpoint are
+//! written together. So concurrent submits of one user never pass a limit together.
+//! Nothing is made on the broker (the result queue, a new user endpoint's account and
+//! queue) until that transaction has committed, so a submit refused in the store, in
+//! such a race, leaves nothing behind either: a loop of racing submits cannot pile up
+//! idle queues on the broker.
 //!
 //! Result queues also expire: a task group's queue that nobody consumes for
 //! [`Quotas::result_queue_expiry`] goes away (its results stay in the database, where
@@ -22,7 +24,7 @@ use axum::http::StatusCode;
 use gantry_broker::BrokerError;
 use gantry_broker::layout::task_group_queue_pattern;
 use gantry_broker_accounts::management::Management;
-use gantry_store::{EndpointRecord, LimitReached, SubmitLimits, UepBinding};
+use gantry_store::{LimitReached, SubmitLimits};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
@@ -103,12 +105,14 @@ impl Quotas {
             result_queue_window_ms: self
                 .result_queue_expiry
                 .map(|expiry| i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX)),
+            max_user_endpoint_configs: self.max_user_endpoint_configs,
         }
     }
 }
 
 /// Refuses a submit of `tasks` tasks by `owner` into `task_group_id` that would pass
-/// the live task groups or tasks in flight; called before the submit creates anything.
+/// the live task groups or tasks in flight; called before the submit stores anything,
+/// without a lock, so that most refusals do not wait for the write lock.
 pub async fn check_submit(
     state: &AppState,
     owner: Uuid,
@@ -126,24 +130,6 @@ pub async fn check_submit(
         )
         .await?;
     Ok(())
-}
-
-/// The user endpoint `uep_id` bound by `binding`, made if new unless the user has
-/// [`Quotas::max_user_endpoint_configs`] under this MEP already. The first thing a
-/// submit to a MEP creates, so a refusal leaves nothing behind.
-pub async fn ensure_uep(
-    state: &AppState,
-    uep_id: Uuid,
-    binding: &UepBinding,
-) -> ApiResult<EndpointRecord> {
-    Ok(state
-        .store
-        .ensure_uep_within(
-            uep_id,
-            binding,
-            state.settings.quotas.max_user_endpoint_configs,
-        )
-        .await?)
 }
 
 /// The 429 for a limit the store reported.

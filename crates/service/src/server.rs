@@ -288,6 +288,7 @@ async fn start_configured(
             quotas: limits.quotas.clone(),
         }),
         provisioned: Arc::new(Mutex::new(Default::default())),
+        undeclared_result_queues: Arc::new(Mutex::new(Default::default())),
         endpoint_gates: Arc::new(Mutex::new(Default::default())),
     };
 

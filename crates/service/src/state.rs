@@ -49,13 +49,18 @@ pub struct AppState {
     pub management: Management,
     /// Settings.
     pub settings: Arc<ServiceSettings>,
-    /// Broker accounts provisioned since this process started, by name and salt.
-    /// Passwords derive from the secret and the salt, so an account once set up stays
-    /// valid until its salt changes (a revocation, perhaps by an administrator's command
-    /// in another process: the new salt is then not in here, and the account is set up
-    /// again with its new password); this saves the management API calls on every
-    /// submit.
-    pub provisioned: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Broker accounts set up since this process started: per account, the salts it
+    /// was set up with, behind a lock that its set-ups take turns on (see
+    /// [`crate::accounts`]). Passwords derive from the secret and the salt, so an
+    /// account once set up stays valid until its salt changes (a revocation, perhaps by
+    /// an administrator's command in another process: the new salt is then not in
+    /// here, and the account is set up again with its new password); this saves the
+    /// management API calls on every submit. (One entry per account that was set up.)
+    pub provisioned: Arc<Mutex<HashMap<String, crate::accounts::AccountSalts>>>,
+    /// Task groups whose result queue a submit could not declare after it stored the
+    /// tasks (owner, group): the outbox declares them again
+    /// ([`crate::dispatch::declare_result_queues_again`]).
+    pub undeclared_result_queues: Arc<Mutex<HashSet<(Uuid, Uuid)>>>,
     /// One gate per endpoint, held while its tasks are published and while a failed
     /// start purges and fails them, so that no task is both reported failed and left
     /// on its queue to run later. (One entry per endpoint that received tasks since
@@ -91,44 +96,6 @@ impl AppState {
             "{}://{account}:{password}@{}/{vhost}",
             self.settings.public_amqp_scheme, self.settings.public_amqp_authority
         )
-    }
-
-    /// Creates a broker account with exactly `permissions` and the password of its
-    /// current `salt`, once per process and salt.
-    pub async fn provision_account(
-        &self,
-        account: &str,
-        salt: &str,
-        permissions: &gantry_broker::layout::Permissions,
-    ) -> Result<(), BrokerError> {
-        let key = (account.to_owned(), salt.to_owned());
-        if self.provisioned.lock().expect("lock").contains(&key) {
-            return Ok(());
-        }
-        let password = gantry_broker_accounts::credentials::account_password(
-            &self.settings.broker_secret,
-            account,
-            salt,
-        );
-        self.management
-            .put_account(
-                &self.settings.deployment,
-                &self.settings.vhost,
-                account,
-                &password,
-                permissions,
-            )
-            .await?;
-        self.provisioned.lock().expect("lock").insert(key);
-        Ok(())
-    }
-
-    /// Forgets that an account was provisioned, whatever its salt (it was deleted).
-    pub fn forget_account(&self, account: &str) {
-        self.provisioned
-            .lock()
-            .expect("lock")
-            .retain(|(name, _)| name != account);
     }
 }
 

@@ -38,9 +38,12 @@ pub enum StartError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The broker failed (provisioning the UEP's account, or publishing).
+    /// The broker failed (publishing).
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The UEP's queue or account could not be set up.
+    #[error(transparent)]
+    Provision(#[from] crate::accounts::ProvisionError),
     /// The broker did not confirm the command in time.
     #[error("RabbitMQ did not confirm the start command within {} s", COMMAND_PUBLISH_WAIT.as_secs())]
     Timeout,

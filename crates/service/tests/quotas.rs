@@ -712,3 +712,146 @@ async fn concurrent_submits_never_pass_a_limit_sqlite() {
 async fn concurrent_submits_never_pass_a_limit_postgres() {
     concurrent_submits_never_pass_a_limit(Backend::Postgres).await;
 }
+
+/// How many one-task submits race for the last place in flight.
+const RACERS: usize = 12;
+
+/// Sends `bodies` as one-task submits to `endpoint` all at once; how many were
+/// accepted (every other one must be refused with 429).
+async fn race_submits(
+    service: &TestService,
+    token: &str,
+    endpoint: Uuid,
+    function: Uuid,
+    bodies: Vec<Value>,
+) -> usize {
+    let racing: Vec<_> = bodies
+        .into_iter()
+        .map(|extra| {
+            let (url, token) = (service.url(), token.to_owned());
+            tokio::spawn(async move { submit_to(&url, &token, endpoint, function, extra).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for submit in racing {
+        match submit.await.unwrap() {
+            StatusCode::OK => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("a racing submit got {other}"),
+        }
+    }
+    accepted
+}
+
+/// Submits racing for a user's last task in flight, each asking for the result queue
+/// of a task group of its own: the broker holds exactly the queues of the accepted
+/// ones. A refused submit creates nothing on the broker, so a loop of such submits
+/// cannot pile up idle queues (each a process on the broker) until they expire.
+async fn refused_racing_submits_declare_no_result_queue(backend: Backend) {
+    let service = start(
+        backend,
+        Quotas {
+            max_tasks_in_flight: Some(3),
+            ..Quotas::NONE
+        },
+    )
+    .await;
+    let view = BrokerView::new(&service);
+    let (alice_id, token) = service.user("alice@example.org").await;
+    let (_, plain) = register_site(&service, "plain", false).await;
+    let function = Rest::new(&service, &token).register_function().await;
+    // Two tasks wait (nobody runs the endpoint): room for one more.
+    submit(&service, &token, plain.endpoint_id, function, 2, json!({}))
+        .await
+        .task_ids();
+
+    let bodies = (0..RACERS)
+        .map(|_| json!({"task_group_id": Uuid::new_v4(), "create_queue": true}))
+        .collect();
+    let accepted = race_submits(&service, &token, plain.endpoint_id, function, bodies).await;
+    assert_eq!(accepted, 1);
+    let prefix = gantry_broker::layout::user_queue_prefix(alice_id);
+    let result_queues: Vec<String> = view
+        .queues()
+        .await
+        .into_iter()
+        .filter(|queue| queue.starts_with(&prefix))
+        .collect();
+    assert_eq!(
+        result_queues.len(),
+        accepted,
+        "result queues of refused submits: {result_queues:?}"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_racing_submits_declare_no_result_queue_sqlite() {
+    refused_racing_submits_declare_no_result_queue(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_racing_submits_declare_no_result_queue_postgres() {
+    refused_racing_submits_declare_no_result_queue(Backend::Postgres).await;
+}
+
+/// Submits racing for a user's last task in flight, each with a new
+/// `user_endpoint_config` for a multi-user endpoint: only the accepted submit's user
+/// endpoint exists afterwards, as a row, a broker account and a queue; the refused ones
+/// made none of the three.
+async fn refused_racing_submits_make_no_user_endpoint(backend: Backend) {
+    let service = start(
+        backend,
+        Quotas {
+            max_tasks_in_flight: Some(3),
+            ..Quotas::NONE
+        },
+    )
+    .await;
+    let view = BrokerView::new(&service);
+    let (_, token) = service.user("alice@example.org").await;
+    let (_, plain) = register_site(&service, "plain", false).await;
+    let (_, mep) = register_site(&service, "mep", true).await;
+    let function = Rest::new(&service, &token).register_function().await;
+    submit(&service, &token, plain.endpoint_id, function, 2, json!({}))
+        .await
+        .task_ids();
+    let (queues, accounts) = (view.queues().await, view.accounts().await);
+
+    let bodies = (0..RACERS)
+        .map(|n| json!({"user_endpoint_config": {"ACCOUNT_ID": n.to_string()}}))
+        .collect();
+    let accepted = race_submits(&service, &token, mep.endpoint_id, function, bodies).await;
+    assert_eq!(accepted, 1);
+    let ueps = service.store().ueps_of(mep.endpoint_id).await.unwrap();
+    assert_eq!(ueps.len(), accepted, "user endpoint rows: {ueps:?}");
+    let new_queues: Vec<String> = view.queues().await.difference(&queues).cloned().collect();
+    assert_eq!(
+        new_queues,
+        [task_queue(ueps[0].endpoint_id)],
+        "queues made by the racing submits"
+    );
+    let new_accounts: Vec<String> = view
+        .accounts()
+        .await
+        .difference(&accounts)
+        .cloned()
+        .collect();
+    let deployment = &service.running().state.settings.deployment;
+    assert_eq!(
+        new_accounts,
+        [deployment.endpoint_account(ueps[0].endpoint_id)],
+        "broker accounts made by the racing submits"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_racing_submits_make_no_user_endpoint_sqlite() {
+    refused_racing_submits_make_no_user_endpoint(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_racing_submits_make_no_user_endpoint_postgres() {
+    refused_racing_submits_make_no_user_endpoint(Backend::Postgres).await;
+}

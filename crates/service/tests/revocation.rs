@@ -12,6 +12,7 @@ use std::process::Command;
 
 use common::{Backend, Rest, TestService, registration, wait_until};
 use gantry_broker::lapin;
+use gantry_service::accounts::{AccountHolder, ProvisionError};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -574,4 +575,74 @@ async fn unscoped_accounts_go_at_start_and_admin_checks_its_vhost() {
     let mut service = service;
     service.vhost = vhost;
     service.stop().await;
+}
+
+/// A request that read a broker password's salt just before an administrator's
+/// revocation, and sets the account up only after the administrator's command deleted
+/// it, must not bring the revoked password back. The race is made step by step: the
+/// test reads the salts as such a request would, runs the revocation, then lets the
+/// service set the accounts up with what it read.
+async fn provisioning_that_raced_a_revocation_restores_no_login(backend: Backend) {
+    let service = TestService::start(backend, false).await;
+    let state = &service.running().state;
+
+    // A user's result login, revoked with the user's tokens.
+    let (alice, _) = service.user("alice").await;
+    let stale = service
+        .store()
+        .identity(alice)
+        .await
+        .unwrap()
+        .unwrap()
+        .broker_salt;
+    let account = state.settings.deployment.user_account(alice);
+    let old_url = state.client_amqp_url(&account, &stale);
+    admin_ok(&service, &["revoke-token", "--user", "alice"]);
+    let outcome = state
+        .provision_account(AccountHolder::User(alice), &stale)
+        .await;
+    assert!(
+        matches!(outcome, Err(ProvisionError::Revoked { .. })),
+        "the service set up a login with a revoked password: {outcome:?}"
+    );
+    assert!(
+        !connects(&old_url).await,
+        "the revoked result login works again"
+    );
+
+    // An endpoint's login, revoked with its client: read before the revocation (the
+    // old password), and read after it by a request that authenticated before.
+    let (_, client_token) = service.endpoint_client("site-a").await;
+    let (status, registered) = register(&service, &client_token, None).await;
+    assert_eq!(status, StatusCode::OK, "{registered}");
+    let endpoint: Uuid = registered["endpoint_id"].as_str().unwrap().parse().unwrap();
+    let before = service.store().endpoint(endpoint).await.unwrap().unwrap();
+    admin_ok(&service, &["revoke-client", "site-a"]);
+    let after = service.store().endpoint(endpoint).await.unwrap().unwrap();
+    assert_ne!(before.broker_salt, after.broker_salt);
+    let endpoint_account = state.settings.deployment.endpoint_account(endpoint);
+    for record in [&before, &after] {
+        state.forget_account(&endpoint_account);
+        let outcome = gantry_service::queues::provision_endpoint(state, record).await;
+        assert!(
+            matches!(outcome, Err(ProvisionError::Revoked { .. })),
+            "the service set up the login of a revoked client's endpoint: {outcome:?}"
+        );
+        let url = state.client_amqp_url(&endpoint_account, &record.broker_salt);
+        assert!(
+            !connects(&url).await,
+            "the revoked client's endpoint logs in"
+        );
+    }
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn provisioning_that_raced_a_revocation_restores_no_login_sqlite() {
+    provisioning_that_raced_a_revocation_restores_no_login(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn provisioning_that_raced_a_revocation_restores_no_login_postgres() {
+    provisioning_that_raced_a_revocation_restores_no_login(Backend::Postgres).await;
 }

@@ -293,61 +293,42 @@ impl Store {
     /// [`StoreError::LimitReached`] (and nothing written) when the user has
     /// `max_configs` UEPs under this MEP already. A UEP that exists is never refused.
     /// The count and the insert share one transaction, after the user's row is locked,
-    /// so concurrent submits of new configurations cannot pass the limit together.
+    /// so concurrent calls for new configurations cannot pass the limit together. (The
+    /// service makes a submit's UEP in the transaction that stores its tasks instead:
+    /// [`crate::NewSubmit::uep`].)
     pub async fn ensure_uep_within(
         &self,
         uep_id: Uuid,
         binding: &UepBinding,
         max_configs: Option<u64>,
     ) -> StoreResult<EndpointRecord> {
-        let exists = || async {
-            StoreResult::Ok(
-                sqlx::query_scalar::<_, String>(
-                    "SELECT endpoint_id FROM endpoints WHERE endpoint_id = $1",
-                )
-                .bind(uep_id.to_string())
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-            )
-        };
-        match max_configs {
-            Some(max) if !exists().await? => {
-                let mut tx = self.begin_write().await?;
-                crate::limits::lock_user(&mut tx, binding.user_identity_id).await?;
-                let others = crate::limits::user_endpoint_configs(
-                    &mut tx,
-                    binding.mep_id,
-                    binding.user_identity_id,
-                    uep_id,
-                )
-                .await?;
-                if others >= max {
-                    return Err(StoreError::LimitReached(
-                        crate::LimitReached::UserEndpointConfigs {
-                            mep_id: binding.mep_id,
-                            max,
-                        },
-                    ));
-                }
-                upsert_uep(&mut *tx, uep_id, binding).await?;
-                tx.commit().await?;
-            }
-            _ => upsert_uep(&self.pool, uep_id, binding).await?,
+        let mut tx = self.begin_write().await?;
+        if max_configs.is_some() {
+            crate::limits::lock_user(&mut tx, binding.user_identity_id).await?;
         }
-        let uep = self
-            .endpoint(uep_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user endpoint {uep_id} vanished")))?;
-        let bound_here = uep.uep.as_ref().is_some_and(|u| {
-            u.mep_id == binding.mep_id && u.user_identity_id == binding.user_identity_id
-        });
-        if !bound_here {
-            return Err(StoreError::Conflict(format!(
-                "endpoint id {uep_id} is held by another endpoint"
-            )));
-        }
+        let uep = ensure_uep_in(&mut tx, uep_id, binding, max_configs).await?;
+        tx.commit().await?;
         Ok(uep)
+    }
+
+    /// The salt of an endpoint's broker password as it stands now, or `None` when the
+    /// endpoint should have no broker account at all: it was deleted, or the client
+    /// that registered it (the MEP's, for a user endpoint) was revoked. What the
+    /// service reads again right after it set an endpoint's account up, to find out
+    /// whether a revocation or deletion overtook it (see `gantry-service`'s
+    /// `accounts`). A lock alone does not count: an endpoint its owner locked takes no
+    /// new tasks but may still connect, to finish the ones it has.
+    pub async fn endpoint_account_salt(&self, endpoint_id: Uuid) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT e.broker_salt FROM endpoints e \
+               LEFT JOIN endpoints p ON p.endpoint_id = e.parent_endpoint_id \
+               LEFT JOIN endpoint_clients c \
+                 ON c.client_id = COALESCE(p.owner_identity_id, e.owner_identity_id) \
+             WHERE e.endpoint_id = $1 AND c.revoked_at IS NULL",
+        )
+        .bind(endpoint_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// User endpoints with an unfinished task submitted before `cutoff` (ms) and no
@@ -436,6 +417,13 @@ impl Store {
         message: &str,
     ) -> StoreResult<(Vec<Uuid>, Vec<crate::TaskRecord>)> {
         let mut tx = self.begin_write().await?;
+        // The endpoint's own row first, as a submit and a revocation take it (see
+        // `lock_open_endpoint`): on PostgreSQL a submit and this take turns instead of
+        // deadlocking, and a user endpoint a submit made meanwhile is listed below.
+        sqlx::query("UPDATE endpoints SET locked = locked WHERE endpoint_id = $1")
+            .bind(endpoint_id.to_string())
+            .execute(&mut *tx)
+            .await?;
         let children: Vec<String> =
             sqlx::query_scalar("SELECT endpoint_id FROM endpoints WHERE parent_endpoint_id = $1")
                 .bind(endpoint_id.to_string())
@@ -503,6 +491,92 @@ impl Store {
             .map(endpoint_from_row)
             .collect()
     }
+}
+
+/// The user endpoint with this id in the caller's transaction, made from `binding` if
+/// it is new, unless the user has `max_configs` under this MEP already
+/// ([`StoreError::LimitReached`]); see [`Store::ensure_uep`]. With a limit, the caller
+/// has locked the user's row (`limits::lock_user`), so that the count holds until the
+/// transaction ends.
+pub(crate) async fn ensure_uep_in(
+    conn: &mut sqlx::AnyConnection,
+    uep_id: Uuid,
+    binding: &UepBinding,
+    max_configs: Option<u64>,
+) -> StoreResult<EndpointRecord> {
+    if let Some(max) = max_configs {
+        let exists = sqlx::query_scalar::<_, String>(
+            "SELECT endpoint_id FROM endpoints WHERE endpoint_id = $1",
+        )
+        .bind(uep_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+        if !exists {
+            let others = crate::limits::user_endpoint_configs(
+                &mut *conn,
+                binding.mep_id,
+                binding.user_identity_id,
+                uep_id,
+            )
+            .await?;
+            if others >= max {
+                return Err(StoreError::LimitReached(
+                    crate::LimitReached::UserEndpointConfigs {
+                        mep_id: binding.mep_id,
+                        max,
+                    },
+                ));
+            }
+        }
+    }
+    upsert_uep(&mut *conn, uep_id, binding).await?;
+    let uep = sqlx::query("SELECT * FROM endpoints WHERE endpoint_id = $1")
+        .bind(uep_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .as_ref()
+        .map(endpoint_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("user endpoint {uep_id} vanished")))?;
+    let bound_here = uep.uep.as_ref().is_some_and(|u| {
+        u.mep_id == binding.mep_id && u.user_identity_id == binding.user_identity_id
+    });
+    if !bound_here {
+        return Err(StoreError::Conflict(format!(
+            "endpoint id {uep_id} is held by another endpoint"
+        )));
+    }
+    Ok(uep)
+}
+
+/// Takes a shared lock on an endpoint's row for the rest of the caller's transaction,
+/// and refuses ([`StoreError::EndpointLocked`]) an endpoint that is locked. A
+/// revocation ([`Store::revoke_client`]) and a deletion update that row first, so on
+/// PostgreSQL a submit and either of them take turns: the submit's tasks are in before
+/// the revocation or deletion fails the endpoint's tasks (and lists its user
+/// endpoints), or the submit waits and then sees the lock. Submits share the lock, so
+/// they do not wait for each other. SQLite has no row locks and needs none: its
+/// `BEGIN IMMEDIATE` serializes writers. An endpoint that does not exist is no error
+/// here: deleted since the caller read it, its tasks fail when they are sent.
+pub(crate) async fn lock_open_endpoint(
+    conn: &mut sqlx::AnyConnection,
+    endpoint_id: Uuid,
+    is_sqlite: bool,
+) -> StoreResult<()> {
+    let sql = if is_sqlite {
+        "SELECT locked FROM endpoints WHERE endpoint_id = $1"
+    } else {
+        "SELECT locked FROM endpoints WHERE endpoint_id = $1 FOR SHARE"
+    };
+    let locked: Option<i64> = sqlx::query_scalar(sql)
+        .bind(endpoint_id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    if locked.is_some_and(|locked| locked != 0) {
+        return Err(StoreError::EndpointLocked(endpoint_id));
+    }
+    Ok(())
 }
 
 /// Inserts a UEP row from `binding`, or updates the runtime of the same user's UEP under

@@ -612,6 +612,17 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // Its own endpoints' rows first, before their user endpoints are listed: a
+        // submit takes the row of the endpoint it names first too (`insert_submit_within`),
+        // so on PostgreSQL the two take turns, and a user endpoint that such a submit
+        // made meanwhile is in the list below.
+        sqlx::query(
+            "UPDATE endpoints SET locked = 1 WHERE owner_identity_id = $1 \
+               AND parent_endpoint_id IS NULL",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
         let endpoints = endpoints_of_client(&mut tx, client.client_id).await?;
         let mut revocation = Revocation {
             tokens,

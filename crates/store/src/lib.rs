@@ -64,6 +64,10 @@ pub enum StoreError {
     /// The credentials behind the request were revoked (perhaps while it ran).
     #[error("{0}")]
     Revoked(String),
+    /// The endpoint is locked (by its owner, or by a revocation of its client) and
+    /// takes no new tasks; nothing was written.
+    #[error("endpoint {0} is locked and takes no new tasks")]
+    EndpointLocked(Uuid),
 }
 
 /// Result alias for store operations.

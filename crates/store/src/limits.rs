@@ -24,6 +24,9 @@ pub struct SubmitLimits {
     /// long a group with a result queue counts as live after it; `None` when result
     /// queues never expire, so that every group that made one counts.
     pub result_queue_window_ms: Option<i64>,
+    /// The most user endpoints a user may have under one multi-user endpoint: checked
+    /// when a submit makes a new one ([`crate::NewSubmit::uep`]).
+    pub max_user_endpoint_configs: Option<u64>,
 }
 
 impl SubmitLimits {
@@ -32,9 +35,11 @@ impl SubmitLimits {
         max_live_task_groups: None,
         max_tasks_in_flight: None,
         result_queue_window_ms: None,
+        max_user_endpoint_configs: None,
     };
 
-    /// Whether any limit is on; with none, a submit is neither counted nor locked.
+    /// Whether a limit on tasks or task groups is on; with none, a submit's tasks are
+    /// not counted.
     pub(crate) fn any(&self) -> bool {
         self.max_live_task_groups.is_some() || self.max_tasks_in_flight.is_some()
     }

@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use crate::endpoints::{ensure_uep_in, lock_open_endpoint};
 use crate::limits::{SubmitLimits, check_submit, lock_user};
 use crate::{Store, StoreError, StoreResult, now_ms, parse_json, parse_uuid};
 
@@ -108,6 +109,11 @@ pub struct NewSubmit<'a> {
     /// Whether this submit made the task group's result queue (`create_queue`): from
     /// then on the group's results, earlier tasks' included, are forwarded there.
     pub result_queue: bool,
+    /// For a submit to a multi-user endpoint: the user endpoint `endpoint_id` is, made
+    /// from this binding in the same transaction as the tasks if it is new (within
+    /// [`SubmitLimits::max_user_endpoint_configs`]), so that a submit refused by any
+    /// limit leaves no user endpoint behind.
+    pub uep: Option<&'a crate::UepBinding>,
 }
 
 /// A submit after it was stored: what the service answers.
@@ -119,6 +125,8 @@ pub struct SubmittedBatch {
     pub task_group_id: Uuid,
     /// Whether the task group was made by this submit.
     pub task_group_created: bool,
+    /// The user endpoint the tasks went to ([`NewSubmit::uep`]), as committed.
+    pub uep: Option<crate::EndpointRecord>,
 }
 
 /// A task as stored.
@@ -310,10 +318,15 @@ impl Store {
     }
 
     /// [`Store::insert_submit`], refused with [`StoreError::LimitReached`] (and nothing
-    /// written) when it would pass the submitter's `limits`. The check runs in the same
-    /// transaction, after the submitter's row is locked, so concurrent submits of one
-    /// user cannot pass a limit together. A submit that asks for a result queue records
-    /// when (`queue_declared_at`): the group counts as live while the queue may exist.
+    /// written) when it would pass the submitter's `limits`, and with
+    /// [`StoreError::EndpointLocked`] when the endpoint it names, or the one it goes to,
+    /// is locked. The checks run in the same transaction, after the endpoint's row
+    /// (shared) and then the submitter's are locked, so concurrent submits of one user
+    /// cannot pass a limit together, and a revocation that locks the endpoint either
+    /// comes before (the submit is refused) or after (it fails these tasks too). A submit that asks
+    /// for a result queue records when (`queue_declared_at`): the group counts as live
+    /// while the queue may exist. The caller declares that queue, and sets up a new
+    /// user endpoint's broker account and queue, only once this has committed.
     pub async fn insert_submit_within(
         &self,
         submit: &NewSubmit<'_>,
@@ -328,12 +341,32 @@ impl Store {
             resource_specification,
             result_serializers,
             result_queue,
+            uep,
         } = *submit;
         let request_id = Uuid::new_v4();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        if limits.any() {
+        lock_open_endpoint(&mut tx, submitted_endpoint_id, self.is_sqlite).await?;
+        let counts_configs = uep.is_some() && limits.max_user_endpoint_configs.is_some();
+        if limits.any() || counts_configs {
             lock_user(&mut tx, owner).await?;
+        }
+        let uep = match uep {
+            Some(binding) => Some(
+                ensure_uep_in(
+                    &mut tx,
+                    endpoint_id,
+                    binding,
+                    limits.max_user_endpoint_configs,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        if endpoint_id != submitted_endpoint_id {
+            lock_open_endpoint(&mut tx, endpoint_id, self.is_sqlite).await?;
+        }
+        if limits.any() {
             let submitted = u64::try_from(tasks.len()).unwrap_or(u64::MAX);
             check_submit(&mut tx, owner, task_group_id, submitted, limits, now).await?;
         }
@@ -432,6 +465,7 @@ impl Store {
             request_id,
             task_group_id,
             task_group_created: created,
+            uep,
         })
     }
 

@@ -314,6 +314,7 @@ async fn submits_results_and_failures_persist_across_reconnects(url: String) {
             resource_specification: Some(&spec),
             result_serializers: None,
             result_queue: true,
+            uep: None,
         })
         .await
         .unwrap();
@@ -330,6 +331,7 @@ async fn submits_results_and_failures_persist_across_reconnects(url: String) {
                     resource_specification: None,
                     result_serializers: None,
                     result_queue: true,
+                    uep: None,
                 })
                 .await,
             Err(StoreError::NotFound(_))
@@ -536,6 +538,7 @@ async fn results_go_to_a_group_once_it_has_a_queue(url: String) {
                     resource_specification: None,
                     result_serializers: None,
                     result_queue,
+                    uep: None,
                 })
                 .await
                 .unwrap();
@@ -566,5 +569,156 @@ async fn results_go_to_a_group_once_it_has_a_queue_sqlite() {
 #[tokio::test]
 async fn results_go_to_a_group_once_it_has_a_queue_postgres() {
     results_go_to_a_group_once_it_has_a_queue(gantry_testkit::fresh_postgres_database().await)
+        .await;
+}
+
+/// A submit to a multi-user endpoint makes its user endpoint in the transaction that
+/// stores its tasks: one refused by a limit leaves no user endpoint, and one to an
+/// endpoint locked meanwhile (a revocation) is refused and stores nothing.
+async fn a_refused_submit_writes_nothing(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (client, _) = store.add_endpoint_client("site").await.unwrap();
+    let (alice, _) = store.add_user("alice").await.unwrap();
+    let mep_id = Uuid::new_v4();
+    store
+        .register_endpoint(mep_id, client.client_id, &registration(true))
+        .await
+        .unwrap();
+    let binding = |account: &str| UepBinding {
+        mep_id,
+        user_identity_id: alice.identity_id,
+        user_config: json!({"ACCOUNT_ID": account}).as_object().unwrap().clone(),
+        user_runtime: json!({}),
+    };
+    let task = || NewTask {
+        task_id: Uuid::new_v4(),
+        function_id: Uuid::new_v4(),
+        payload: "payload".into(),
+    };
+    let submit = |uep_id: Uuid, binding: UepBinding, limits: gantry_store::SubmitLimits| {
+        let store = store.clone();
+        let task = task();
+        async move {
+            store
+                .insert_submit_within(
+                    &NewSubmit {
+                        owner: alice.identity_id,
+                        task_group_id: Uuid::new_v4(),
+                        endpoint_id: uep_id,
+                        submitted_endpoint_id: mep_id,
+                        tasks: std::slice::from_ref(&task),
+                        resource_specification: None,
+                        result_serializers: None,
+                        result_queue: true,
+                        uep: Some(&binding),
+                    },
+                    &limits,
+                )
+                .await
+        }
+    };
+    let one_task = gantry_store::SubmitLimits {
+        max_tasks_in_flight: Some(1),
+        max_user_endpoint_configs: Some(1),
+        ..gantry_store::SubmitLimits::NONE
+    };
+
+    let first = Uuid::new_v4();
+    let batch = submit(first, binding("1"), one_task).await.unwrap();
+    let uep = batch.uep.expect("the submit made its user endpoint");
+    assert_eq!((uep.endpoint_id, uep.uep), (first, Some(binding("1"))));
+    // Past the tasks in flight (the user endpoint made, then undone), and past the
+    // configurations: no user endpoint either way.
+    let second = Uuid::new_v4();
+    let unlimited_configs = gantry_store::SubmitLimits {
+        max_user_endpoint_configs: None,
+        ..one_task
+    };
+    let unlimited_tasks = gantry_store::SubmitLimits {
+        max_tasks_in_flight: None,
+        ..one_task
+    };
+    for limits in [unlimited_configs, unlimited_tasks] {
+        assert!(matches!(
+            submit(second, binding("2"), limits).await,
+            Err(StoreError::LimitReached(_))
+        ));
+        assert!(store.endpoint(second).await.unwrap().is_none());
+    }
+    assert_eq!(store.unfinished_task_count(first).await.unwrap(), 1);
+
+    // Locked: refused, whichever of the two is locked.
+    store.lock_endpoint(first).await.unwrap();
+    assert!(matches!(
+        submit(first, binding("1"), gantry_store::SubmitLimits::NONE).await,
+        Err(StoreError::EndpointLocked(id)) if id == first
+    ));
+    store.lock_endpoint(mep_id).await.unwrap();
+    let third = Uuid::new_v4();
+    assert!(matches!(
+        submit(third, binding("3"), gantry_store::SubmitLimits::NONE).await,
+        Err(StoreError::EndpointLocked(id)) if id == mep_id
+    ));
+    assert!(store.endpoint(third).await.unwrap().is_none());
+    assert_eq!(store.unfinished_task_count(first).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_submit_writes_nothing_sqlite() {
+    a_refused_submit_writes_nothing(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn a_refused_submit_writes_nothing_postgres() {
+    a_refused_submit_writes_nothing(gantry_testkit::fresh_postgres_database().await).await;
+}
+
+/// The salt an endpoint's broker account should have now: none once the endpoint is
+/// deleted or the client that registered it (the MEP's, for a user endpoint) revoked.
+async fn endpoint_account_salts_end_with_their_client(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    let (client, _) = store.add_endpoint_client("site").await.unwrap();
+    let (alice, _) = store.add_user("alice").await.unwrap();
+    let mep_id = Uuid::new_v4();
+    let mep = store
+        .register_endpoint(mep_id, client.client_id, &registration(true))
+        .await
+        .unwrap();
+    let uep_id = Uuid::new_v4();
+    let uep = store
+        .ensure_uep(
+            uep_id,
+            &UepBinding {
+                mep_id,
+                user_identity_id: alice.identity_id,
+                user_config: Map::new(),
+                user_runtime: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    let salt = |id: Uuid| {
+        let store = store.clone();
+        async move { store.endpoint_account_salt(id).await.unwrap() }
+    };
+    assert_eq!(salt(mep_id).await, Some(mep.broker_salt));
+    assert_eq!(salt(uep_id).await, Some(uep.broker_salt));
+    assert_eq!(salt(Uuid::new_v4()).await, None);
+    // A lock alone keeps the account: the endpoint may finish its tasks.
+    store.lock_endpoint(mep_id).await.unwrap();
+    assert!(salt(mep_id).await.is_some());
+    store.revoke_client("site").await.unwrap();
+    assert_eq!(salt(mep_id).await, None);
+    assert_eq!(salt(uep_id).await, None);
+}
+
+#[tokio::test]
+async fn endpoint_account_salts_end_with_their_client_sqlite() {
+    endpoint_account_salts_end_with_their_client(sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn endpoint_account_salts_end_with_their_client_postgres() {
+    endpoint_account_salts_end_with_their_client(gantry_testkit::fresh_postgres_database().await)
         .await;
 }

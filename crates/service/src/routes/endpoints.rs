@@ -22,7 +22,7 @@ use crate::queues::provision_endpoint;
 use crate::state::AppState;
 
 use crate::access::can_manage_endpoint;
-pub use crate::access::can_use_endpoint;
+use crate::access::can_use_endpoint;
 
 fn not_found(endpoint_id: Uuid) -> ApiError {
     ApiError::not_found(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gantry_broker::layout::{task_group_queue, user_permissions, user_queue_prefix};
+use gantry_broker::layout::{task_group_queue, user_queue_prefix};
 use gantry_protocol::packed::unpack_buffers;
 use gantry_protocol::rest::{
     AmqpResultUrlResponse, BatchStatusRequest, BatchStatusResponse, SubmitRequest, SubmitResponse,
@@ -16,13 +16,14 @@ use gantry_store::{EndpointRecord, NewSubmit, NewTask, TaskRecord, UepBinding};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::access::{can_use_endpoint, can_use_function, may_use_task_group, owns_task};
+use crate::accounts::AccountHolder;
 use crate::auth::Caller;
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
 use crate::queues::provision_uep;
 use crate::quotas;
-use crate::routes::endpoints::can_use_endpoint;
 use crate::state::AppState;
 use crate::uep_start;
 
@@ -59,11 +60,8 @@ pub async fn submit(
         ));
     }
     if endpoint.locked {
-        return Err(ApiError::new(
-            axum::http::StatusCode::LOCKED,
-            "ENDPOINT_LOCKED",
-            format!("endpoint {endpoint_id} is locked and takes no new tasks"),
-        ));
+        // (Checked again where the tasks are stored: a revocation may lock it meanwhile.)
+        return Err(endpoint_locked(endpoint_id));
     }
     // The payloads move out of the request: each is kept once, as the task's payload.
     let submitted = std::mem::take(&mut request.tasks);
@@ -106,7 +104,7 @@ pub async fn submit(
             .store
             .function(function_id)
             .await?
-            .filter(|f| f.public || f.owner_identity_id == caller.identity_id())
+            .filter(|f| can_use_function(&caller, f))
             .ok_or_else(|| {
                 ApiError::not_found(
                     "FUNCTION_NOT_FOUND",
@@ -143,29 +141,28 @@ pub async fn submit(
     }
 
     let task_group_id = request.task_group_id.unwrap_or_else(Uuid::new_v4);
-    if let Some(owner) = state.store.task_group_owner(task_group_id).await?
-        && owner != caller.identity_id()
-    {
+    if !may_use_task_group(&caller, state.store.task_group_owner(task_group_id).await?) {
         return Err(ApiError::not_found(
             "TASK_GROUP_NOT_FOUND",
             format!("task group {task_group_id} not found"),
         ));
     }
 
-    // The user's quotas, before anything is created (the store checks again where it
-    // writes the tasks).
+    // The user's quotas, without a lock (the store checks again where it writes the
+    // tasks): most refusals end here, before the write lock.
     quotas::check_submit(&state, caller.identity_id(), task_group_id, total).await?;
 
-    // Route: a MEP's tasks go to the user's own UEP for this configuration. Only now,
-    // with the whole request checked, is anything created.
-    let route = route_submit(&state, &caller, &endpoint, &request).await?;
-    if request.create_queue {
-        state
-            .broker()
-            .await?
-            .declare_queue(&task_group_queue(caller.identity_id(), task_group_id))
-            .await?;
-    }
+    // Route: a MEP's tasks go to the user's own UEP for this configuration, which the
+    // store makes (if new) with the tasks.
+    let route = route_submit(&caller, &endpoint, &request)?;
+    // A result queue needs the broker: without one the submit is refused (the SDK
+    // retries a 503) before anything is stored, rather than leaving the SDK's result
+    // reader without a queue.
+    let result_broker = if request.create_queue {
+        Some(state.broker().await?)
+    } else {
+        None
+    };
     let spec = request.resource_specification.clone().map(Value::Object);
     let serializers = request
         .result_serializers
@@ -184,6 +181,7 @@ pub async fn submit(
                 resource_specification: spec.as_ref(),
                 result_serializers: serializers.as_ref(),
                 result_queue: request.create_queue,
+                uep: route.uep.as_ref(),
             },
             &state.settings.quotas.submit_limits(),
         )
@@ -191,6 +189,25 @@ pub async fn submit(
 
     // The tasks are stored; from here on a broker failure delays them (the outbox
     // re-sends) but does not fail the submit, so the SDK never resubmits stored tasks.
+    // Only now is anything made on the broker: a submit the store refused (a quota, a
+    // lock) made nothing there, so refused submits cannot pile up queues and accounts.
+    if let Some(broker) = result_broker {
+        declare_result_queue(&state, &broker, caller.identity_id(), task_group_id).await;
+    }
+    let start = match &batch.uep {
+        Some(uep) => {
+            // Its queue exists before its tasks are published, whether or not it runs.
+            // If this fails, the tasks wait: a task the broker cannot route makes the
+            // publisher declare the queue again and leaves the task to the outbox, and
+            // asking the MEP to start the UEP sets up its account again (below, or from
+            // the outbox once `--start-retry-after-s` has passed).
+            if let Err(error) = provision_uep(&state, uep).await {
+                tracing::warn!(%error, uep_id = %uep.endpoint_id, "tasks stored; could not set up the UEP's queue and account yet");
+            }
+            (!uep.is_online(gantry_store::now_ms())).then_some(uep)
+        }
+        None => None,
+    };
     let stored: Vec<TaskRecord> = new_tasks
         .into_iter()
         .map(|t| TaskRecord {
@@ -232,7 +249,7 @@ pub async fn submit(
             );
         }
     }
-    if let Some(uep) = &route.start {
+    if let Some(uep) = start {
         match uep_start::request_start(
             &state,
             uep,
@@ -261,14 +278,38 @@ pub async fn submit(
     }))
 }
 
-/// Where a submit's tasks go, and the UEP to start if that is one that is not online.
-struct Route {
-    target: Uuid,
-    start: Option<EndpointRecord>,
+/// Declares a task group's result queue for a submit whose tasks are stored. A failure
+/// does not fail the submit (its tasks are in): the group is left to the outbox, which
+/// declares its queue again within seconds ([`dispatch::declare_result_queues_again`]);
+/// after a restart in between, the next submit into the group or `GET /v2/taskgroup`
+/// (the SDK's `Executor.reload_tasks`) declares it. Its results stay readable over REST
+/// meanwhile.
+async fn declare_result_queue(
+    state: &AppState,
+    broker: &gantry_broker::Broker,
+    owner: Uuid,
+    task_group_id: Uuid,
+) {
+    if let Err(error) = broker
+        .declare_queue(&task_group_queue(owner, task_group_id))
+        .await
+    {
+        tracing::warn!(%error, %task_group_id, "tasks stored; could not declare the task group's result queue yet");
+        state
+            .undeclared_result_queues
+            .lock()
+            .expect("the set is never poisoned: no code panics holding it")
+            .insert((owner, task_group_id));
+    }
 }
 
-async fn route_submit(
-    state: &AppState,
+/// Where a submit's tasks go, and for a MEP, the user endpoint they go to.
+struct Route {
+    target: Uuid,
+    uep: Option<UepBinding>,
+}
+
+fn route_submit(
     caller: &Caller,
     endpoint: &EndpointRecord,
     request: &SubmitRequest,
@@ -290,7 +331,7 @@ async fn route_submit(
         }
         return Ok(Route {
             target: endpoint.endpoint_id,
-            start: None,
+            uep: None,
         });
     }
     let user_config: Map<String, Value> = request.user_endpoint_config.clone().unwrap_or_default();
@@ -320,21 +361,26 @@ async fn route_submit(
         &user_config,
         &python,
     );
-    let binding = UepBinding {
-        mep_id: endpoint.endpoint_id,
-        user_identity_id: caller.identity_id(),
-        user_config: user_config.clone(),
-        user_runtime: user_runtime.clone(),
-    };
-    // A new configuration counts against the user's quota, checked as it is stored.
-    let uep = quotas::ensure_uep(state, uep_id, &binding).await?;
-    // Its queue exists before its tasks are published, whether or not it runs.
-    provision_uep(state, &uep).await?;
-    let online = uep.is_online(gantry_store::now_ms());
+    // A new configuration counts against the user's quota, checked where the store
+    // makes the UEP, with the tasks.
     Ok(Route {
         target: uep_id,
-        start: (!online).then_some(uep),
+        uep: Some(UepBinding {
+            mep_id: endpoint.endpoint_id,
+            user_identity_id: caller.identity_id(),
+            user_config,
+            user_runtime,
+        }),
     })
+}
+
+/// 423 for a submit to a locked endpoint.
+pub(crate) fn endpoint_locked(endpoint_id: Uuid) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::LOCKED,
+        "ENDPOINT_LOCKED",
+        format!("endpoint {endpoint_id} is locked and takes no new tasks"),
+    )
 }
 
 fn endpoint_not_found(endpoint_id: Uuid) -> ApiError {
@@ -459,7 +505,7 @@ pub async fn get_task(
         .store
         .task(task_id)
         .await?
-        .filter(|t| t.owner_identity_id == caller.identity_id())
+        .filter(|t| owns_task(&caller, t))
         .ok_or_else(|| {
             ApiError::not_found("TASK_NOT_FOUND", format!("task {task_id} not found"))
         })?;
@@ -484,7 +530,7 @@ pub async fn batch_status(
             .store
             .task(task_id)
             .await?
-            .filter(|t| t.owner_identity_id == caller.identity_id())
+            .filter(|t| owns_task(&caller, t))
         {
             results.insert(task_id, task_status(&task));
         }
@@ -502,7 +548,8 @@ pub async fn get_task_group(
     Path(task_group_id): Path<String>,
 ) -> ApiResult<Json<TaskGroupResponse>> {
     let task_group_id = parse_id(&task_group_id, "task group id")?;
-    if state.store.task_group_owner(task_group_id).await? != Some(caller.identity_id()) {
+    let owner = state.store.task_group_owner(task_group_id).await?;
+    if owner.is_none() || !may_use_task_group(&caller, owner) {
         return Err(ApiError::not_found(
             "TASK_GROUP_NOT_FOUND",
             format!("task group {task_group_id} not found"),
@@ -542,11 +589,12 @@ pub async fn amqp_result_url(
     caller: Caller,
 ) -> ApiResult<Json<AmqpResultUrlResponse>> {
     caller.require_user()?;
-    let account = state.settings.deployment.user_account(caller.identity_id());
+    let holder = AccountHolder::User(caller.identity_id());
+    // The salt read with the token: if a revocation changed it since, this fails
+    // rather than set up (and hand out) the old password.
     let salt = &caller.0.identity.broker_salt;
-    state
-        .provision_account(&account, salt, &user_permissions(caller.identity_id()))
-        .await?;
+    state.provision_account(holder, salt).await?;
+    let account = holder.account(&state.settings.deployment);
     Ok(Json(AmqpResultUrlResponse {
         connection_url: state.client_amqp_url(&account, salt),
         queue_prefix: user_queue_prefix(caller.identity_id()),
