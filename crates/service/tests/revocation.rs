@@ -17,33 +17,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Runs `gantry-service admin ARGS` on the test service's database and broker; the
-/// exit status and the JSON it printed (or its error output).
-fn admin(service: &TestService, args: &[&str]) -> (bool, Value) {
-    let output = Command::new(gantry_testkit::workspace_binary(
-        "gantry-service",
-        "gantry-service",
-    ))
-    .arg("admin")
-    .args(args)
-    .env("GANTRY_DATABASE_URL", &service.config.database_url)
-    .env("GANTRY_AMQP_URL", &service.config.amqp_url)
-    .env("GANTRY_AMQP_ADMIN_URL", &service.config.amqp_admin_url)
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|_| Value::String(format!("{stdout}{stderr}")));
-    (output.status.success(), value)
-}
-
-fn admin_ok(service: &TestService, args: &[&str]) -> Value {
-    let (ok, value) = admin(service, args);
-    assert!(ok, "gantry-service admin {args:?} failed: {value}");
-    value
-}
-
 /// The client-credentials grant, as the SDK and the endpoint make it.
 async fn grant(service: &TestService, client_id: &str, secret: &str) -> (StatusCode, Value) {
     let response = reqwest::Client::new()
@@ -86,7 +59,7 @@ async fn register(service: &TestService, token: &str, id: Option<Uuid>) -> (Stat
 
 async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins(backend: Backend) {
     let service = TestService::start(backend, false).await;
-    let client = admin_ok(&service, &["add-endpoint-client", "site-a"]);
+    let client = service.admin_ok(&["add-endpoint-client", "site-a"]);
     let (client_id, secret) = (
         client["client_id"].as_str().unwrap().to_owned(),
         client["client_secret"].as_str().unwrap().to_owned(),
@@ -111,7 +84,7 @@ async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins(backend: Bac
     let function = alice.register_function().await;
     let waiting = alice.submit_one(endpoint, function, json!({})).await;
 
-    let listed = admin_ok(&service, &["list-clients"]);
+    let listed = service.admin_ok(&["list-clients"]);
     let entry = |listed: &Value| {
         listed
             .as_array()
@@ -126,7 +99,7 @@ async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins(backend: Bac
     assert_eq!(entry(&listed)["endpoints"], 1, "{listed}");
     assert_eq!(entry(&listed)["active_tokens"], 1, "{listed}");
 
-    let revoked = admin_ok(&service, &["revoke-client", "site-a"]);
+    let revoked = service.admin_ok(&["revoke-client", "site-a"]);
     assert_eq!(revoked["revoked_tokens"], 1, "{revoked}");
     assert_eq!(revoked["failed_tasks"], 1, "{revoked}");
     assert_eq!(revoked["locked_endpoints"], json!([endpoint]), "{revoked}");
@@ -153,7 +126,7 @@ async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins(backend: Bac
         )
         .await;
     assert!(status.is_client_error(), "{status} {answer}");
-    let listed = admin_ok(&service, &["list-clients"]);
+    let listed = service.admin_ok(&["list-clients"]);
     assert_eq!(entry(&listed)["revoked"], true, "{listed}");
     assert_eq!(entry(&listed)["active_tokens"], 0, "{listed}");
     // Its queue, with what waited on it, is gone too.
@@ -195,9 +168,9 @@ async fn revoking_a_client_ends_its_secret_tokens_and_broker_logins(backend: Bac
         "{refused:?}"
     );
     // Again: safe, and it says the same.
-    let again = admin_ok(&service, &["revoke-client", &client_id]);
+    let again = service.admin_ok(&["revoke-client", &client_id]);
     assert_eq!(again["locked_endpoints"], json!([endpoint]), "{again}");
-    let (ok, answer) = admin(&service, &["revoke-client", "no-such-client"]);
+    let (ok, answer) = service.admin(&["revoke-client", "no-such-client"]);
     assert!(
         !ok && answer.to_string().contains("no-such-client"),
         "{answer}"
@@ -252,20 +225,17 @@ async fn a_revoked_users_result_login_stops(backend: Backend) {
     let open = lapin::Connection::connect(&before, lapin::ConnectionProperties::default())
         .await
         .expect("the result login works");
-    let revoked = admin_ok(&service, &["revoke-token", "--user", "alice"]);
+    let revoked = service.admin_ok(&["revoke-token", "--user", "alice"]);
     assert_eq!(revoked["revoked"], 1, "{revoked}");
     closed_by_the_broker(&open).await;
     assert!(!connects(&before).await, "the revoked user's login works");
     // A new token gets a login with a new password, which works.
-    let issued = admin_ok(&service, &["issue-token", "alice"]);
+    let issued = service.admin_ok(&["issue-token", "alice"]);
     let after = result_url(&service, issued["token"].as_str().unwrap()).await;
     assert_ne!(before, after);
     assert!(connects(&after).await);
     // Revoking that one token also changes the password.
-    admin_ok(
-        &service,
-        &["revoke-token", issued["token"].as_str().unwrap()],
-    );
+    service.admin_ok(&["revoke-token", issued["token"].as_str().unwrap()]);
     assert!(!connects(&after).await, "the login outlived its token");
     service.stop().await;
 }
@@ -292,7 +262,7 @@ async fn a_deleted_endpoint_id_registered_again_gets_a_new_password(backend: Bac
         .to_owned();
     assert!(connects(&old_url).await);
 
-    let deleted = admin_ok(&service, &["delete-endpoint", &endpoint.to_string()]);
+    let deleted = service.admin_ok(&["delete-endpoint", &endpoint.to_string()]);
     assert_eq!(deleted["removed"], json!([endpoint]), "{deleted}");
     assert!(
         !connects(&old_url).await,
@@ -308,7 +278,7 @@ async fn a_deleted_endpoint_id_registered_again_gets_a_new_password(backend: Bac
     assert_ne!(new_url, old_url);
     assert!(connects(new_url).await);
     assert!(!connects(&old_url).await);
-    let (ok, answer) = admin(&service, &["delete-endpoint", &Uuid::new_v4().to_string()]);
+    let (ok, answer) = service.admin(&["delete-endpoint", &Uuid::new_v4().to_string()]);
     assert!(
         !ok && answer.to_string().contains("no endpoint"),
         "{answer}"
@@ -404,7 +374,7 @@ async fn deployments_keep_to_their_own_accounts_postgres() {
 /// registers again with its secret and gets them.
 async fn revoking_an_endpoint_token_changes_its_endpoints_passwords(backend: Backend) {
     let service = TestService::start(backend, false).await;
-    let client = admin_ok(&service, &["add-endpoint-client", "site-t"]);
+    let client = service.admin_ok(&["add-endpoint-client", "site-t"]);
     let (client_id, secret) = (
         client["client_id"].as_str().unwrap().to_owned(),
         client["client_secret"].as_str().unwrap().to_owned(),
@@ -422,7 +392,7 @@ async fn revoking_an_endpoint_token_changes_its_endpoints_passwords(backend: Bac
     };
     let old = url(&registered);
     assert!(connects(&old).await);
-    let revoked = admin_ok(&service, &["revoke-token", &stolen]);
+    let revoked = service.admin_ok(&["revoke-token", &stolen]);
     assert_eq!(revoked["revoked"], 1, "{revoked}");
     assert!(
         !connects(&old).await,
@@ -436,7 +406,7 @@ async fn revoking_an_endpoint_token_changes_its_endpoints_passwords(backend: Bac
 
     // A user client's tokens go with `revoke-token --user <its name>` too.
     service.user("erin").await;
-    let user_client = admin_ok(&service, &["add-user-client", "erin"]);
+    let user_client = service.admin_ok(&["add-user-client", "erin"]);
     let (status, tokens) = grant(
         &service,
         user_client["client_id"].as_str().unwrap(),
@@ -446,14 +416,11 @@ async fn revoking_an_endpoint_token_changes_its_endpoints_passwords(backend: Bac
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let erin = token(&tokens);
     assert_eq!(result_url_status(&service, &erin).await, StatusCode::OK);
-    let revoked = admin_ok(
-        &service,
-        &[
-            "revoke-token",
-            "--user",
-            user_client["name"].as_str().unwrap(),
-        ],
-    );
+    let revoked = service.admin_ok(&[
+        "revoke-token",
+        "--user",
+        user_client["name"].as_str().unwrap(),
+    ]);
     assert_eq!(revoked["revoked"], 1, "{revoked}");
     assert_eq!(
         result_url_status(&service, &erin).await,
@@ -597,7 +564,7 @@ async fn provisioning_that_raced_a_revocation_restores_no_login(backend: Backend
         .broker_salt;
     let account = state.settings.deployment.user_account(alice);
     let old_url = state.client_amqp_url(&account, &stale);
-    admin_ok(&service, &["revoke-token", "--user", "alice"]);
+    service.admin_ok(&["revoke-token", "--user", "alice"]);
     let outcome = state
         .provision_account(AccountHolder::User(alice), &stale)
         .await;
@@ -617,7 +584,7 @@ async fn provisioning_that_raced_a_revocation_restores_no_login(backend: Backend
     assert_eq!(status, StatusCode::OK, "{registered}");
     let endpoint: Uuid = registered["endpoint_id"].as_str().unwrap().parse().unwrap();
     let before = service.store().endpoint(endpoint).await.unwrap().unwrap();
-    admin_ok(&service, &["revoke-client", "site-a"]);
+    service.admin_ok(&["revoke-client", "site-a"]);
     let after = service.store().endpoint(endpoint).await.unwrap().unwrap();
     assert_ne!(before.broker_salt, after.broker_salt);
     let endpoint_account = state.settings.deployment.endpoint_account(endpoint);

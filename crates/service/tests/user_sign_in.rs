@@ -12,27 +12,6 @@ use std::process::{Command, Output};
 
 use common::{Backend, TestService, register_site};
 use gantry_test_endpoint::{Executor, StartBehaviour, run_mep};
-use serde_json::Value;
-
-fn admin(service: &TestService, args: &[&str]) -> Value {
-    let output = Command::new(gantry_testkit::workspace_binary(
-        "gantry-service",
-        "gantry-service",
-    ))
-    .arg("admin")
-    .args(args)
-    .env("GANTRY_DATABASE_URL", &service.config.database_url)
-    .env("GANTRY_AMQP_URL", &service.config.amqp_url)
-    .env("GANTRY_AMQP_ADMIN_URL", &service.config.amqp_admin_url)
-    .output()
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "gantry-service admin {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
 
 /// Runs the seed's script, byte for byte as the talk shows it, with the SDK's own
 /// settings: the local environment, the service as the auth server, the client.
@@ -69,7 +48,7 @@ async fn the_seed_script_signs_in_with_a_user_client() {
     )
     .await
     .unwrap();
-    let client = admin(&service, &["add-user-client", "alice@example.org"]);
+    let client = service.admin_ok(&["add-user-client", "alice@example.org"]);
     assert_eq!(client["acts_as"], "alice@example.org", "{client}");
     let client_id = client["client_id"].as_str().unwrap().to_owned();
     let secret = client["client_secret"].as_str().unwrap().to_owned();
@@ -93,7 +72,7 @@ async fn the_seed_script_signs_in_with_a_user_client() {
     assert_eq!(commands.len(), 1, "one UEP started");
     assert_eq!(commands[0].globus_effective_identity, alice);
     assert_eq!(commands[0].globus_username, "alice@example.org");
-    let listed = admin(&service, &["list-clients"]);
+    let listed = service.admin_ok(&["list-clients"]);
     let entry = listed
         .as_array()
         .unwrap()
@@ -108,7 +87,7 @@ async fn the_seed_script_signs_in_with_a_user_client() {
     );
 
     // Revoked, the same script cannot sign in, and says so.
-    admin(&service, &["revoke-client", &client_id]);
+    service.admin_ok(&["revoke-client", &client_id]);
     let output = seed_script(mep_id, client_id, secret).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a revoked client signed in");

@@ -160,6 +160,34 @@ impl TestService {
             .expect("delete the test vhost and its accounts");
     }
 
+    /// Runs `gantry-service admin ARGS` (the shipped binary) on this service's database
+    /// and broker; the exit status and the JSON it printed (or its error output).
+    pub fn admin(&self, args: &[&str]) -> (bool, Value) {
+        let output = Command::new(gantry_testkit::workspace_binary(
+            "gantry-service",
+            "gantry-service",
+        ))
+        .arg("admin")
+        .args(args)
+        .env("GANTRY_DATABASE_URL", &self.config.database_url)
+        .env("GANTRY_AMQP_URL", &self.config.amqp_url)
+        .env("GANTRY_AMQP_ADMIN_URL", &self.config.amqp_admin_url)
+        .output()
+        .expect("run gantry-service admin");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|_| Value::String(format!("{stdout}{stderr}")));
+        (output.status.success(), value)
+    }
+
+    /// [`TestService::admin`], which must succeed; the JSON it printed.
+    pub fn admin_ok(&self, args: &[&str]) -> Value {
+        let (ok, value) = self.admin(args);
+        assert!(ok, "gantry-service admin {args:?} failed: {value}");
+        value
+    }
+
     /// A user and their token.
     pub async fn user(&self, name: &str) -> (uuid::Uuid, String) {
         let (identity, token) = self.store().add_user(name).await.expect("add user");
