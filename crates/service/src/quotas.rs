@@ -5,9 +5,10 @@
 //! where waiting helps; it is refused before anything is created (no user endpoint, no
 //! broker account, no queue, no start command, no task).
 //!
-//! Each count is checked twice: here, without a lock, and again in the store's write
-//! transaction, with the user's row locked, where the tasks and a new user endpoint are
-//! written together. So concurrent submits of one user never pass a limit together.
+//! The counts are checked once, in the store's write transaction, with the user's row
+//! locked, where the tasks and a new user endpoint are written together (one statement
+//! for both counts). So concurrent submits of one user never pass a limit together, and
+//! an accepted submit pays one round trip for its quotas.
 //! Nothing is made on the broker (the result queue, a new user endpoint's account and
 //! queue) until that transaction has committed, so a submit refused in the store, in
 //! such a race, leaves nothing behind either: a loop of racing submits cannot pile up
@@ -25,10 +26,8 @@ use gantry_broker::BrokerError;
 use gantry_broker::layout::task_group_queue_pattern;
 use gantry_broker_accounts::management::Management;
 use gantry_store::{LimitReached, SubmitLimits};
-use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::error::ApiError;
 
 /// The default of [`Quotas::max_user_endpoint_configs`].
 pub const DEFAULT_MAX_USER_ENDPOINT_CONFIGS: u64 = 100;
@@ -108,28 +107,6 @@ impl Quotas {
             max_user_endpoint_configs: self.max_user_endpoint_configs,
         }
     }
-}
-
-/// Refuses a submit of `tasks` tasks by `owner` into `task_group_id` that would pass
-/// the live task groups or tasks in flight; called before the submit stores anything,
-/// without a lock, so that most refusals do not wait for the write lock.
-pub async fn check_submit(
-    state: &AppState,
-    owner: Uuid,
-    task_group_id: Uuid,
-    tasks: usize,
-) -> ApiResult<()> {
-    let submitted = u64::try_from(tasks).unwrap_or(u64::MAX);
-    state
-        .store
-        .check_submit_limits(
-            owner,
-            task_group_id,
-            submitted,
-            &state.settings.quotas.submit_limits(),
-        )
-        .await?;
-    Ok(())
 }
 
 /// The 429 for a limit the store reported.
@@ -254,6 +231,7 @@ pub async fn apply_result_queue_expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn windows_are_said_in_words() {

@@ -153,15 +153,31 @@ pub(crate) async fn check_submit(
     }
     let owner_text = owner.to_string();
     let group_text = task_group_id.to_string();
+    // A queue declared at or after `since` may still exist; 0 when queues never expire
+    // (every group that declared one counts).
+    let since = limits
+        .result_queue_window_ms
+        .map_or(0, |window| now.saturating_sub(window));
+    // Both counts in one statement: a submit pays one round trip for its quotas.
+    let (in_flight, others): (i64, i64) = sqlx::query_as(
+        "SELECT \
+           (SELECT COUNT(*) FROM (SELECT 1 AS one FROM tasks WHERE owner_identity_id = $1 \
+              AND status IN ('waiting-for-ep', 'running') LIMIT $4) capped), \
+           (SELECT COUNT(*) FROM ( \
+              SELECT task_group_id FROM tasks WHERE owner_identity_id = $1 \
+                AND status IN ('waiting-for-ep', 'running') AND task_group_id <> $2 \
+              UNION \
+              SELECT task_group_id FROM task_groups WHERE owner_identity_id = $1 \
+                AND queue_declared_at >= $3 AND task_group_id <> $2 \
+            ) live)",
+    )
+    .bind(&owner_text)
+    .bind(&group_text)
+    .bind(since)
+    .bind(limits.max_tasks_in_flight.map_or(i64::MAX, cap_of))
+    .fetch_one(&mut *conn)
+    .await?;
     if let Some(max) = limits.max_tasks_in_flight {
-        let in_flight: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT 1 AS one FROM tasks WHERE owner_identity_id = $1 \
-               AND status IN ('waiting-for-ep', 'running') LIMIT $2) capped",
-        )
-        .bind(&owner_text)
-        .bind(cap_of(max))
-        .fetch_one(&mut *conn)
-        .await?;
         let in_flight = count_of(in_flight);
         if in_flight.saturating_add(submitted) > max {
             return Err(StoreError::LimitReached(LimitReached::TasksInFlight {
@@ -171,32 +187,14 @@ pub(crate) async fn check_submit(
             }));
         }
     }
-    if let Some(max) = limits.max_live_task_groups {
-        // A queue declared at or after `since` may still exist; 0 when queues never
-        // expire (every group that declared one counts).
-        let since = limits
-            .result_queue_window_ms
-            .map_or(0, |window| now.saturating_sub(window));
-        let others: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM ( \
-               SELECT task_group_id FROM tasks WHERE owner_identity_id = $1 \
-                 AND status IN ('waiting-for-ep', 'running') AND task_group_id <> $2 \
-               UNION \
-               SELECT task_group_id FROM task_groups WHERE owner_identity_id = $1 \
-                 AND queue_declared_at >= $3 AND task_group_id <> $2 \
-             ) live",
-        )
-        .bind(&owner_text)
-        .bind(&group_text)
-        .bind(since)
-        .fetch_one(&mut *conn)
-        .await?;
-        if count_of(others) >= max && !group_is_live(conn, &owner_text, &group_text, since).await? {
-            return Err(StoreError::LimitReached(LimitReached::LiveTaskGroups {
-                max,
-                result_queue_window_ms: limits.result_queue_window_ms,
-            }));
-        }
+    if let Some(max) = limits.max_live_task_groups
+        && count_of(others) >= max
+        && !group_is_live(conn, &owner_text, &group_text, since).await?
+    {
+        return Err(StoreError::LimitReached(LimitReached::LiveTaskGroups {
+            max,
+            result_queue_window_ms: limits.result_queue_window_ms,
+        }));
     }
     Ok(())
 }
@@ -229,32 +227,4 @@ async fn group_is_live(
     .fetch_one(&mut *conn)
     .await?;
     Ok(queued > 0)
-}
-
-impl crate::Store {
-    /// Refuses, with [`StoreError::LimitReached`], a submit of `submitted` tasks by
-    /// `owner` into `task_group_id` that would pass `limits`: the check a submit makes
-    /// before it creates anything (a queue, a user endpoint). It takes no lock, so
-    /// [`crate::Store::insert_submit_within`] checks again where it writes.
-    pub async fn check_submit_limits(
-        &self,
-        owner: Uuid,
-        task_group_id: Uuid,
-        submitted: u64,
-        limits: &SubmitLimits,
-    ) -> StoreResult<()> {
-        if !limits.any() {
-            return Ok(());
-        }
-        let mut conn = self.pool.acquire().await?;
-        check_submit(
-            &mut conn,
-            owner,
-            task_group_id,
-            submitted,
-            limits,
-            crate::now_ms(),
-        )
-        .await
-    }
 }

@@ -348,7 +348,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         lock_open_endpoint(&mut tx, submitted_endpoint_id, self.is_sqlite).await?;
         let counts_configs = uep.is_some() && limits.max_user_endpoint_configs.is_some();
-        if limits.any() || counts_configs {
+        // SQLite's `BEGIN IMMEDIATE` already lets one writer in at a time; PostgreSQL
+        // needs the user's row taken so that one user's counts and writes take turns.
+        if !self.is_sqlite && (limits.any() || counts_configs) {
             lock_user(&mut tx, owner).await?;
         }
         let uep = match uep {

@@ -23,7 +23,6 @@ use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
 use crate::queues::provision_uep;
-use crate::quotas;
 use crate::state::AppState;
 use crate::uep_start;
 
@@ -148,9 +147,9 @@ pub async fn submit(
         ));
     }
 
-    // The user's quotas, without a lock (the store checks again where it writes the
-    // tasks): most refusals end here, before the write lock.
-    quotas::check_submit(&state, caller.identity_id(), task_group_id, total).await?;
+    // The user's quotas are checked where the tasks are written, in the same
+    // transaction (a check before it would cost every submit its queries again, and
+    // nothing is created before that transaction anyway).
 
     // Route: a MEP's tasks go to the user's own UEP for this configuration, which the
     // store makes (if new) with the tasks.
