@@ -559,20 +559,29 @@ pub(crate) async fn ensure_uep_in(
 /// they do not wait for each other. SQLite has no row locks and needs none: its
 /// `BEGIN IMMEDIATE` serializes writers. An endpoint that does not exist is no error
 /// here: deleted since the caller read it, its tasks fail when they are sent.
+///
+/// With `user`, on PostgreSQL, the user's identity row is taken too, in the same
+/// statement (as `crate::limits::lock_user` does): one round trip for both.
 pub(crate) async fn lock_open_endpoint(
     conn: &mut sqlx::AnyConnection,
     endpoint_id: Uuid,
     is_sqlite: bool,
+    user: Option<Uuid>,
 ) -> StoreResult<()> {
-    let sql = if is_sqlite {
-        "SELECT locked FROM endpoints WHERE endpoint_id = $1"
-    } else {
-        "SELECT locked FROM endpoints WHERE endpoint_id = $1 FOR SHARE"
+    let sql = match (is_sqlite, user) {
+        (true, _) => "SELECT locked FROM endpoints WHERE endpoint_id = $1",
+        (false, None) => "SELECT locked FROM endpoints WHERE endpoint_id = $1 FOR SHARE",
+        (false, Some(_)) => {
+            "WITH taken AS (UPDATE identities SET kind = kind WHERE identity_id = $2 \
+               RETURNING identity_id) \
+             SELECT locked FROM endpoints WHERE endpoint_id = $1 FOR SHARE"
+        }
     };
-    let locked: Option<i64> = sqlx::query_scalar(sql)
-        .bind(endpoint_id.to_string())
-        .fetch_optional(conn)
-        .await?;
+    let mut query = sqlx::query_scalar(sql).bind(endpoint_id.to_string());
+    if let (false, Some(user)) = (is_sqlite, user) {
+        query = query.bind(user.to_string());
+    }
+    let locked: Option<i64> = query.fetch_optional(conn).await?;
     if locked.is_some_and(|locked| locked != 0) {
         return Err(StoreError::EndpointLocked(endpoint_id));
     }

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::endpoints::{ensure_uep_in, lock_open_endpoint};
-use crate::limits::{SubmitLimits, check_submit, lock_user};
+use crate::limits::{SubmitLimits, check_submit};
 use crate::{Store, StoreError, StoreResult, now_ms, parse_json, parse_uuid};
 
 /// A function as a user registers it.
@@ -346,13 +346,12 @@ impl Store {
         let request_id = Uuid::new_v4();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        lock_open_endpoint(&mut tx, submitted_endpoint_id, self.is_sqlite).await?;
         let counts_configs = uep.is_some() && limits.max_user_endpoint_configs.is_some();
         // SQLite's `BEGIN IMMEDIATE` already lets one writer in at a time; PostgreSQL
-        // needs the user's row taken so that one user's counts and writes take turns.
-        if !self.is_sqlite && (limits.any() || counts_configs) {
-            lock_user(&mut tx, owner).await?;
-        }
+        // needs the user's row taken so that one user's counts and writes take turns
+        // (taken with the endpoint's, in one statement).
+        let user_lock = (limits.any() || counts_configs).then_some(owner);
+        lock_open_endpoint(&mut tx, submitted_endpoint_id, self.is_sqlite, user_lock).await?;
         let uep = match uep {
             Some(binding) => Some(
                 ensure_uep_in(
@@ -366,7 +365,7 @@ impl Store {
             None => None,
         };
         if endpoint_id != submitted_endpoint_id {
-            lock_open_endpoint(&mut tx, endpoint_id, self.is_sqlite).await?;
+            lock_open_endpoint(&mut tx, endpoint_id, self.is_sqlite, None).await?;
         }
         if limits.any() {
             let submitted = u64::try_from(tasks.len()).unwrap_or(u64::MAX);
