@@ -121,7 +121,8 @@ struct ServeArgs {
     #[command(flatten)]
     broker: BrokerArgs,
     /// The file holding the secret every broker password is derived from; made (0600,
-    /// with a random secret) when missing. Back it up with the database. The
+    /// with a random secret) for a new database, refused missing for one that was set
+    /// up with a secret (see --new-broker-secret). Back it up with the database. The
     /// environment variable GANTRY_BROKER_SECRET, when set, is used instead of any file.
     /// [default: ~/.gantry/broker.key]
     #[arg(long, env = "GANTRY_BROKER_KEY_FILE")]
@@ -364,8 +365,10 @@ async fn admin(
                 .collect::<Vec<_>>()
         ),
         AdminAction::RevokeClient { client } => {
+            // The broker is checked first, so that a wrong --amqp-url changes nothing.
+            let cleanup = cleanup().await?;
             let (client, revocation) = store.revoke_client(&client).await?;
-            let accounts = cleanup().await?.remove_revoked(&revocation).await?;
+            let accounts = cleanup.remove_revoked(&revocation).await?;
             json!({
                 "client_id": client.client_id,
                 "name": client.name,
@@ -386,7 +389,8 @@ async fn admin(
                      let it stop by itself when idle"
                 );
             }
-            let (removed, failed) = cleanup().await?.delete_endpoint(&store, &endpoint).await?;
+            let cleanup = cleanup().await?;
+            let (removed, failed) = cleanup.delete_endpoint(&store, &endpoint).await?;
             json!({"removed": removed, "failed_tasks": failed})
         }
         AdminAction::ListUsers => {
@@ -405,18 +409,20 @@ async fn admin(
         AdminAction::RevokeToken {
             token: Some(token), ..
         } => {
+            let cleanup = cleanup().await?;
             let revocation = store
                 .revoke_token(&token)
                 .await?
                 .context("no active token matches; it may be revoked already")?;
-            cleanup().await?.remove_revoked(&revocation).await?;
+            cleanup.remove_revoked(&revocation).await?;
             json!({"revoked": revocation.tokens})
         }
         AdminAction::RevokeToken {
             user: Some(user), ..
         } => {
+            let cleanup = cleanup().await?;
             let revocation = store.revoke_tokens_of(&user).await?;
-            cleanup().await?.remove_revoked(&revocation).await?;
+            cleanup.remove_revoked(&revocation).await?;
             json!({"revoked": revocation.tokens})
         }
         AdminAction::RevokeToken { .. } => anyhow::bail!("give a token or --user"),

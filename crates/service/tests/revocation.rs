@@ -515,7 +515,7 @@ async fn unscoped_accounts_go_at_start_and_admin_checks_its_vhost() {
     )
     .output()
     .unwrap();
-    // The user does not exist: the store says so before the broker is asked.
+    // Refused (the broker's vhost is checked first, so nothing changed).
     assert!(!output.status.success());
     service.user("frank").await;
     let output = Command::new(gantry_testkit::workspace_binary(
@@ -538,6 +538,12 @@ async fn unscoped_accounts_go_at_start_and_admin_checks_its_vhost() {
     assert!(
         stderr.contains("not-this-one") && stderr.contains("--amqp-url"),
         "{stderr}"
+    );
+    // Nothing was revoked: frank's token still works.
+    assert_eq!(
+        service.store().list_users().await.unwrap()[0].1,
+        1,
+        "a refused command revoked frank's token"
     );
     let mut service = service;
     service.vhost = vhost;
