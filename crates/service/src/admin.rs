@@ -18,8 +18,10 @@ pub enum AdminError {
     Store(#[from] StoreError),
     /// The broker clean-up failed after the database change was made.
     #[error(
-        "the database change is made, but RabbitMQ could not be cleaned up ({0}); run the \
-         same command again once its management API answers"
+        "the database change is made, but RabbitMQ could not be cleaned up ({0}); once its \
+         management API answers, run revoke-client or revoke-token --user again to finish \
+         (after delete-endpoint or revoke-token TOKEN, delete the accounts left with \
+         rabbitmqctl delete_user)"
     )]
     Broker(#[from] BrokerError),
     /// The database has no deployment id yet (no service ever started on it).

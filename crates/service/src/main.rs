@@ -120,11 +120,11 @@ struct ServeArgs {
     database: DatabaseArg,
     #[command(flatten)]
     broker: BrokerArgs,
-    /// The file holding the secret every broker password is derived from; made (0600,
-    /// with a random secret) for a new database, refused missing for one that was set
-    /// up with a secret (see --new-broker-secret). Back it up with the database. The
-    /// environment variable GANTRY_BROKER_SECRET, when set, is used instead of any file.
-    /// [default: ~/.gantry/broker.key]
+    /// The file holding the secret every broker password is derived from. It is made
+    /// (0600, with a random secret) for a new database; if it is missing for a database
+    /// already set up with a secret, the service refuses to start (see
+    /// --new-broker-secret). Back it up with the database. GANTRY_BROKER_SECRET, when
+    /// set, is used instead of any file. [default: ~/.gantry/broker.key]
     #[arg(long, env = "GANTRY_BROKER_KEY_FILE")]
     broker_key_file: Option<PathBuf>,
     /// Make a new key file with a new secret although the database was set up with
@@ -143,7 +143,8 @@ struct ServeArgs {
     /// function's code and its payload, so a large function times many tasks multiplies.
     #[arg(long, default_value_t = 1024)]
     max_submit_expanded_mb: usize,
-    /// How long endpoint access tokens stay valid, in seconds.
+    /// How long client-credentials access tokens (of endpoint and user clients) stay
+    /// valid, in seconds.
     #[arg(long, default_value_t = 172_800)]
     client_token_lifetime_s: i64,
     /// How long a user endpoint's tasks may wait, its start unanswered, before the
@@ -239,8 +240,9 @@ enum AdminAction {
         /// The user's name.
         username: String,
     },
-    /// Create a confidential client for an endpoint; prints {"client_id","client_secret"}.
-    /// Give these to the endpoint as GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET.
+    /// Create a confidential client for an endpoint; prints
+    /// {"client_id","client_secret","name"}. Give these to the endpoint as
+    /// GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET.
     AddEndpointClient {
         /// A name for the client, e.g. the site's name.
         name: String,
@@ -276,7 +278,8 @@ enum AdminAction {
     /// Revoke one token, or every token of a user or client with --user. Revoking a
     /// user's token also gives the user's RabbitMQ result login a new password (the
     /// token could have fetched it); the user's other sessions reconnect with their own
-    /// tokens.
+    /// tokens. Revoking an endpoint client's token gives its endpoints (and their user
+    /// endpoints) new broker passwords; the endpoint registers again with its secret.
     RevokeToken {
         /// The token to revoke.
         #[arg(required_unless_present = "user", conflicts_with = "user")]
@@ -466,7 +469,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_token_lifetime_s: args.client_token_lifetime_s,
         start_retry_after: std::time::Duration::from_secs(args.start_retry_after_s.max(1)),
         master_secret: match std::env::var("GANTRY_BROKER_SECRET") {
-            Ok(value) if !value.is_empty() => MasterSecretSource::Value(value),
+            Ok(value) if !value.is_empty() => {
+                if args.new_broker_secret {
+                    anyhow::bail!(
+                        "--new-broker-secret makes a new key file, but GANTRY_BROKER_SECRET \
+                         is set: change that secret instead"
+                    );
+                }
+                MasterSecretSource::Value(value)
+            }
             _ => {
                 let path = match args.broker_key_file {
                     Some(path) => path,

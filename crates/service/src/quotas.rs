@@ -6,9 +6,9 @@
 //! broker account, no queue, no start command, no task).
 //!
 //! The counts are checked once, in the store's write transaction, with the user's row
-//! locked, where the tasks and a new user endpoint are written together (one statement
-//! for both counts). So concurrent submits of one user never pass a limit together, and
-//! an accepted submit pays one round trip for its quotas.
+//! locked, where the tasks and a new user endpoint are written together (the task and
+//! task-group counts in one statement). So concurrent submits of one user never pass a
+//! limit together.
 //! Nothing is made on the broker (the result queue, a new user endpoint's account and
 //! queue) until that transaction has committed, so a submit refused in the store, in
 //! such a race, leaves nothing behind either: a loop of racing submits cannot pile up
