@@ -7,9 +7,10 @@
 -- never counted; the expiry policy removes them once unused).
 ALTER TABLE task_groups ADD COLUMN queue_declared_at BIGINT;
 CREATE INDEX task_groups_by_owner_queue ON task_groups (owner_identity_id, queue_declared_at);
--- A user's unfinished tasks and their groups: only unfinished rows are in it, so it
--- stays as small as what is in flight.
-CREATE INDEX tasks_in_flight_by_owner ON tasks (owner_identity_id, task_group_id)
-    WHERE status IN ('waiting-for-ep', 'running');
+-- A user's tasks by state, and their groups: the counts seek to (user, unfinished
+-- state) and read what is in flight. Not a partial index over unfinished rows: with
+-- one, PostgreSQL also scanned that whole index for every query that names a task's
+-- state and a list of ids (publishing, heartbeats), where the primary key alone serves.
+CREATE INDEX tasks_by_owner_status ON tasks (owner_identity_id, status, task_group_id);
 -- A user's user endpoints under one MEP (one per distinct user_endpoint_config).
 CREATE INDEX endpoints_by_parent_user ON endpoints (parent_endpoint_id, user_identity_id);
