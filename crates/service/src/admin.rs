@@ -102,6 +102,35 @@ impl BrokerCleanup {
         Ok(accounts.len())
     }
 
+    /// The clean-up of a running service's own deployment (for `DELETE
+    /// /v2/endpoints/{id}`), whose virtual host it claimed at start.
+    pub fn for_service(state: &crate::state::AppState) -> BrokerCleanup {
+        BrokerCleanup {
+            management: state.management.clone(),
+            vhost: state.settings.vhost.clone(),
+            deployment: state.settings.deployment.clone(),
+        }
+    }
+
+    /// Deletes what an endpoint had on the broker: its queue (a multi-user endpoint's
+    /// command queue, any other's task queue) and its account, which closes the
+    /// account's connections. Either may be gone already.
+    pub async fn remove_endpoint(
+        &self,
+        endpoint_id: Uuid,
+        multi_user: bool,
+    ) -> Result<(), BrokerError> {
+        let queue = if multi_user {
+            command_queue(endpoint_id)
+        } else {
+            task_queue(endpoint_id)
+        };
+        self.management.delete_queue(&self.vhost, &queue).await?;
+        self.management
+            .delete_account(&self.deployment.endpoint_account(endpoint_id))
+            .await
+    }
+
     /// Deletes an endpoint (and its user endpoints) from the database, failing their
     /// unfinished tasks (a running service forwards those failures to the submitters),
     /// then their queues and broker accounts. Returns the removed endpoint ids.
@@ -110,7 +139,6 @@ impl BrokerCleanup {
         store: &Store,
         endpoint: &EndpointRecord,
     ) -> Result<(Vec<Uuid>, usize), AdminError> {
-        let ueps = store.ueps_of(endpoint.endpoint_id).await?;
         let (removed, failed) = store
             .delete_endpoint(
                 endpoint.endpoint_id,
@@ -121,19 +149,11 @@ impl BrokerCleanup {
                 ),
             )
             .await?;
-        let queues = std::iter::once(if endpoint.multi_user {
-            command_queue(endpoint.endpoint_id)
-        } else {
-            task_queue(endpoint.endpoint_id)
-        })
-        .chain(ueps.iter().map(|uep| task_queue(uep.endpoint_id)));
-        for queue in queues {
-            self.management.delete_queue(&self.vhost, &queue).await?;
-        }
+        // The removed ids come from the deletion's own transaction: the endpoint and
+        // every user endpoint it had then.
         for id in &removed {
-            self.management
-                .delete_account(&self.deployment.endpoint_account(*id))
-                .await?;
+            let multi_user = *id == endpoint.endpoint_id && endpoint.multi_user;
+            self.remove_endpoint(*id, multi_user).await?;
         }
         Ok((removed, failed.len()))
     }

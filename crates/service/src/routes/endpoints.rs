@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use gantry_broker::layout::{command_queue, task_queue};
 use gantry_protocol::rest::{
     AllowedFunctionsResponse, EndpointDeleteResponse, EndpointLockResponse,
     EndpointRegistrationRequest, EndpointRegistrationResponse, EndpointStatusResponse,
@@ -14,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::admin::BrokerCleanup;
 use crate::auth::Caller;
 use crate::dispatch;
 use crate::error::{ApiError, ApiResult};
@@ -308,7 +308,6 @@ pub async fn delete_endpoint(
     Path(endpoint_id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EndpointDeleteResponse>)> {
     let endpoint = managed_endpoint(&state, &caller, &endpoint_id).await?;
-    let ueps = state.store.ueps_of(endpoint.endpoint_id).await?;
     // Tasks still waiting would wait forever: they fail with the deletion, and their
     // submitters hear why (the outbox retries what cannot be forwarded now).
     let (removed, failed) = state
@@ -322,10 +321,16 @@ pub async fn delete_endpoint(
             ),
         )
         .await?;
-    for uep in &ueps {
-        cleanup_broker(&state, uep.endpoint_id, false).await;
+    // The database change is made: a broker that fails now leaves a queue or an account
+    // behind (logged), never a failed request.
+    let cleanup = BrokerCleanup::for_service(&state);
+    for id in &removed {
+        let multi_user = *id == endpoint.endpoint_id && endpoint.multi_user;
+        if let Err(error) = cleanup.remove_endpoint(*id, multi_user).await {
+            tracing::warn!(%error, endpoint_id = %id, "could not delete the endpoint's queue or broker account");
+        }
+        state.forget_account(&state.settings.deployment.endpoint_account(*id));
     }
-    cleanup_broker(&state, endpoint.endpoint_id, endpoint.multi_user).await;
     dispatch::forward_failures(&state, &failed).await;
     Ok((
         StatusCode::OK,
@@ -334,24 +339,4 @@ pub async fn delete_endpoint(
             removed,
         }),
     ))
-}
-
-async fn cleanup_broker(state: &AppState, ep: Uuid, multi_user: bool) {
-    let queue = if multi_user {
-        command_queue(ep)
-    } else {
-        task_queue(ep)
-    };
-    let deleted = match state.broker().await {
-        Ok(broker) => broker.delete_queue(&queue).await,
-        Err(e) => Err(e),
-    };
-    if let Err(error) = deleted {
-        tracing::warn!(%error, endpoint_id = %ep, "could not delete the endpoint's queue");
-    }
-    let account = state.settings.deployment.endpoint_account(ep);
-    if let Err(error) = state.management.delete_account(&account).await {
-        tracing::warn!(%error, endpoint_id = %ep, "could not delete the endpoint's broker account");
-    }
-    state.forget_account(&account);
 }
