@@ -141,9 +141,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1000.0
 }
 
-async fn run(backend: &str, database_url: String) -> Vec<String> {
-    let vhost = format!("gantry-bench-{}", uuid::Uuid::new_v4().simple());
-    let service = start(ServeConfig {
+/// The service as both measurements run it: on `database_url` and its own `vhost`.
+fn bench_config(database_url: String, vhost: &str) -> ServeConfig {
+    ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url,
         amqp_url: format!("amqp://guest:guest@{}/{vhost}", gantry_testkit::amqp_host()),
@@ -155,9 +155,12 @@ async fn run(backend: &str, database_url: String) -> Vec<String> {
         master_secret: MasterSecretSource::File(
             gantry_testkit::fresh_temp_dir("bench-key").join("broker.key"),
         ),
-    })
-    .await
-    .unwrap();
+    }
+}
+
+async fn run(backend: &str, database_url: String) -> Vec<String> {
+    let vhost = format!("gantry-bench-{}", uuid::Uuid::new_v4().simple());
+    let service = start(bench_config(database_url, &vhost)).await.unwrap();
     let (setup, mut results, broker, uep) = setup(&service).await;
 
     // Warm up, then one task at a time: submit → result at the client's queue.
@@ -216,21 +219,7 @@ async fn run(backend: &str, database_url: String) -> Vec<String> {
 async fn submit_memory(backend: &str, database_url: String) -> String {
     const TASKS: usize = 10_000;
     let vhost = format!("gantry-bench-{}", uuid::Uuid::new_v4().simple());
-    let service = start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url,
-        amqp_url: format!("amqp://guest:guest@{}/{vhost}", gantry_testkit::amqp_host()),
-        amqp_admin_url: gantry_testkit::amqp_admin_url(),
-        public_amqp_url: None,
-        max_body_bytes: 64 * 1024 * 1024,
-        client_token_lifetime_s: 3600,
-        start_retry_after: std::time::Duration::from_secs(3),
-        master_secret: MasterSecretSource::File(
-            gantry_testkit::fresh_temp_dir("bench-key").join("broker.key"),
-        ),
-    })
-    .await
-    .unwrap();
+    let service = start(bench_config(database_url, &vhost)).await.unwrap();
     let store = &service.state.store;
     let (_, token) = store.add_user("bench").await.unwrap();
     let (client, _) = store.add_endpoint_client("bench-site").await.unwrap();
