@@ -245,26 +245,10 @@ impl Management {
     /// provisioned in it (the accounts live outside the vhost, so deleting the vhost
     /// alone would leave them behind). Operator accounts are left alone.
     pub async fn delete_vhost_and_accounts(&self, vhost: &str) -> Result<(), BrokerError> {
-        let permissions = self
-            .send(
-                reqwest::Method::GET,
-                &format!("/vhosts/{}/permissions", segment(vhost)),
-                None,
-            )
-            .await;
-        let accounts: Vec<String> = match permissions {
-            Ok(Some(serde_json::Value::Array(entries))) => entries
-                .iter()
-                .filter_map(|entry| entry.get("user")?.as_str())
-                .filter(|user| gantry_broker::layout::is_provisioned_account(user))
-                .map(str::to_owned)
-                .collect(),
-            Ok(_) => Vec::new(),
-            Err(BrokerError::Management { detail, .. }) if detail.starts_with("404") => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        for account in accounts {
-            self.delete_account(&account).await?;
+        for account in self.accounts_on(vhost).await? {
+            if gantry_broker::layout::is_provisioned_account(&account) {
+                self.delete_account(&account).await?;
+            }
         }
         self.delete_vhost(vhost).await
     }
@@ -396,18 +380,10 @@ impl Management {
 
     /// Whether the account exists.
     pub async fn account_exists(&self, user: &str) -> Result<bool, BrokerError> {
-        match self
-            .send(
-                reqwest::Method::GET,
-                &format!("/users/{}", segment(user)),
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(BrokerError::Management { detail, .. }) if detail.starts_with("404") => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .get(&format!("/users/{}", segment(user)))
+            .await?
+            .is_some())
     }
 }
 
